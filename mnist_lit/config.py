@@ -1,0 +1,97 @@
+"""Checks on a composed config, run before torch or Lightning is imported.
+
+Hydra already rejects unknown groups and misspelled keys; these checks cover what a YAML
+schema cannot say: types and ranges. Each failure names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_lit.errors import UserError
+
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "64-true")
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+_MISSING = object()
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _integer(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def positive(x: Any) -> bool:
+    return _number(x) and x > 0
+
+
+def non_negative(x: Any) -> bool:
+    return _number(x) and x >= 0
+
+
+def positive_int(x: Any) -> bool:
+    return _integer(x) and x > 0
+
+
+def fraction(x: Any) -> bool:
+    return _number(x) and 0 <= x <= 1
+
+
+def batch_limit(x: Any) -> bool:
+    """Lightning's limit_*_batches: a fraction of batches (0..1] or a whole count."""
+    return x is None or (_integer(x) and x >= 0) or (isinstance(x, float) and 0 < x <= 1)
+
+
+# key -> (predicate, what is allowed); keys absent from the composed config are skipped
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (_integer, "an integer"),
+    "threads": (lambda x: x is None or positive_int(x), "null or an integer >= 1"),
+    "optim.lr": (positive, "a number > 0"),
+    "optim.weight_decay": (non_negative, "a number >= 0"),
+    "optim.momentum": (lambda x: _number(x) and 0 <= x < 1, "a number in [0, 1)"),
+    "optim.nesterov": (lambda x: isinstance(x, bool), "true or false"),
+    "data.batch_size": (positive_int, "an integer >= 1"),
+    "data.eval_batch_size": (positive_int, "an integer >= 1"),
+    "data.val_size": (lambda x: _integer(x) and 1 <= x <= 59_999, "an integer in 1..59999"),
+    "data.root": (lambda x: isinstance(x, str) and x != "", "a folder path"),
+    "model.activation": (lambda x: x in ("relu", "leakyrelu"), "relu or leakyrelu"),
+    "model.dropout": (lambda x: _number(x) and 0 <= x < 1, "a number in [0, 1)"),
+    "sched.scheduler.step_size": (positive_int, "an integer >= 1"),
+    "sched.scheduler.gamma": (positive, "a number > 0"),
+    "sched.scheduler.warmup_epochs": (non_negative, "a number >= 0"),
+    "sched.scheduler.start_factor": (lambda x: _number(x) and 0 < x <= 1, "a number in (0, 1]"),
+    "sched.scheduler.floor": (fraction, "a number in [0, 1]"),
+    "sched.scheduler.pct_start": (lambda x: _number(x) and 0 < x < 1, "a number in (0, 1)"),
+    "sched.interval": (lambda x: x in ("step", "epoch"), "step or epoch"),
+    "trainer.max_epochs": (positive_int, "an integer >= 1"),
+    "trainer.accelerator": (lambda x: x in ACCELERATORS, " or ".join(ACCELERATORS)),
+    "trainer.devices": (lambda x: positive_int(x) or x == "auto", "an integer >= 1 or auto"),
+    "trainer.precision": (lambda x: str(x) in PRECISIONS, ", ".join(PRECISIONS)),
+    "trainer.limit_train_batches": (batch_limit, "null, a fraction in (0, 1] or a batch count"),
+    "trainer.limit_val_batches": (batch_limit, "null, a fraction in (0, 1] or a batch count"),
+    "trainer.limit_test_batches": (batch_limit, "null, a fraction in (0, 1] or a batch count"),
+    "trainer.gradient_clip_val": (lambda x: x is None or positive(x), "null or a number > 0"),
+    "trainer.deterministic": (lambda x: isinstance(x, bool) or x == "warn", "true, false or warn"),
+    "trainer.fast_dev_run": (lambda x: isinstance(x, bool) or positive_int(x), "true, false or a batch count"),
+    "early_stopping.enabled": (lambda x: isinstance(x, bool), "true or false"),
+    "early_stopping.patience": (lambda x: _integer(x) and x >= 0, "an integer >= 0"),
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise UserError on the first value out of its allowed range or of the wrong type."""
+    for key, (allowed, what) in RULES.items():
+        try:
+            value = OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=True)
+        except Exception as err:  # a required value (???) left unset
+            raise UserError(f"{key} is required: set it on the command line ({key}=...)") from err
+        if value is _MISSING:
+            continue
+        if not allowed(value):
+            raise UserError(f"{key}={value!r} is not allowed: use {what}")

@@ -1,0 +1,129 @@
+"""MNIST held in memory as uint8 tensors, served as whole batches, normalised on the device.
+
+torchvision reads (or downloads) the IDX files once; after that no per-sample Python work
+happens: a batch is one fancy-index into the uint8 tensor, moved to the training device, then
+converted to float and normalised there in a single operation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import TensorDataset
+
+from mnist_lit.errors import UserError
+
+RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+TRAIN_SIZE = 60_000
+
+
+def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded, disjoint (train, val) index split: the same seed always gives the same split."""
+    if not 0 < val_size < n:
+        raise UserError(f"data.val_size={val_size} is not allowed: use 1..{n - 1}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def load_mnist(root: str | Path, train: bool, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 [N,28,28], labels int64 [N]) via torchvision, or a UserError naming the files."""
+    from torchvision.datasets import MNIST
+
+    root = Path(root).expanduser()
+    try:
+        ds = MNIST(str(root), train=train, download=False)
+    except RuntimeError:
+        ds = None
+        if download:
+            try:
+                ds = MNIST(str(root), train=train, download=True)
+            except Exception:  # no network, or a mirror refused: report the files instead
+                ds = None
+    if ds is None:
+        files = ", ".join(RAW_FILES)
+        raise UserError(
+            f"MNIST not found under data.root={str(root)!r} (looked in {root / 'MNIST' / 'raw'}) "
+            f"and it could not be downloaded. Expected the files {files}. "
+            "Point data.root=PATH (or the environment variable MNIST_ROOT) at a folder "
+            "holding MNIST/raw/ with those files."
+        )
+    return ds.data, ds.targets
+
+
+class BatchedTensorLoader(DataLoader):
+    """A DataLoader whose sampler yields whole index batches, so each batch is one gather."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool) -> None:
+        dataset = TensorDataset(images, labels)
+        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        super().__init__(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None)
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """Owns MNIST: the seeded train/validation split of the 60k images and the official 10k test."""
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        mean: float = 0.1307,
+        std: float = 0.3081,
+        download: bool = True,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.root = root
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.mean = mean
+        self.std = std
+        self.download = download
+        self.drop_last = drop_last
+        self.train_idx: torch.Tensor | None = None
+        self.val_idx: torch.Tensor | None = None
+        self._train: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._test: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def prepare_data(self) -> None:
+        load_mnist(self.root, train=True, download=self.download)
+        load_mnist(self.root, train=False, download=self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._train is None and stage in (None, "fit", "validate"):
+            self._train = load_mnist(self.root, train=True, download=False)
+            self.train_idx, self.val_idx = split_indices(len(self._train[1]), self.val_size, self.split_seed)
+        if self._test is None and stage in (None, "test", "predict"):
+            self._test = load_mnist(self.root, train=False, download=False)
+
+    def train_dataloader(self) -> DataLoader:
+        x, y = self._train
+        return BatchedTensorLoader(x[self.train_idx], y[self.train_idx], self.batch_size, True, self.drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        x, y = self._train
+        return BatchedTensorLoader(x[self.val_idx], y[self.val_idx], self.eval_batch_size, False, False)
+
+    def test_dataloader(self) -> DataLoader:
+        x, y = self._test
+        return BatchedTensorLoader(x, y, self.eval_batch_size, False, False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N,28,28] -> float [N,1,28,28], scaled to [0,1] and standardised."""
+        return ((images.float() / 255.0 - self.mean) / self.std).unsqueeze(1)
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
+        images, labels = batch
+        return self.normalize(images), labels

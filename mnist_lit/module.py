@@ -1,0 +1,101 @@
+"""Classifier: the one LightningModule, wrapping whichever backbone the config chose."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy on logits, accuracy per split, the best validation accuracy so far.
+
+    ``optimizer`` and ``scheduler`` are partials (Hydra ``_partial_: true``); a scheduler with
+    ``interval="step"`` also receives ``total_steps`` and ``steps_per_epoch`` from the Trainer.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        interval: str = "epoch",
+        num_classes: int = 10,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        # the composed run config travels in every checkpoint, so the model can be rebuilt
+        self.save_hyperparameters("config", logger=False)
+        self.backbone = backbone
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.interval = interval
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # a resumed run must remember its best epoch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_loss(F.cross_entropy(logits, y), weight=len(y))
+        self.val_acc(logits, y)
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def on_train_start(self) -> None:
+        # the sanity check must not count as an epoch, nor a resumed run's stale value survive
+        self.val_acc.reset()
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.test_loss(F.cross_entropy(logits, y), weight=len(y))
+        self.test_acc(logits, y)
+        self.log("test/loss", self.test_loss, on_epoch=True)
+        self.log("test/acc", self.test_acc, on_epoch=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        if self.interval == "step":
+            total = int(self.trainer.estimated_stepping_batches)
+            per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+            scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=per_epoch)
+        else:
+            scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.interval, "name": "train/lr"},
+        }

@@ -1,0 +1,151 @@
+"""One training run, top to bottom: data -> model -> trainer -> fit -> test -> metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_lit.errors import UserError
+from mnist_lit.module import Classifier
+
+log = logging.getLogger(__name__)
+
+# the scalars every run reports in metrics.json and TensorBoard's HParams tab
+FINAL_METRICS = ("val/acc_best", "test/acc", "test/loss")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train, validate every epoch, test the best checkpoint; return what metrics.json holds."""
+    start = time.perf_counter()
+    route_lightning_logs()
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_accelerator(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg)
+    logger = TensorBoardLogger(save_dir=str(out_dir), name="tb", version="", default_hp_metric=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="epoch={epoch:03d}-val_acc={val/acc:.4f}",
+        auto_insert_metric_name=False,
+        monitor="val/acc",
+        mode="max",
+        save_last=True,
+    )
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        default_root_dir=str(out_dir),
+        logger=logger,
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), *extra_callbacks(cfg)],
+    )
+    log_hparams(logger, cfg)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = scalars(trainer, "val/acc_best")
+    best = checkpoint.best_model_path or None
+    trainer.test(model, datamodule=datamodule, ckpt_path=best)
+    metrics.update(scalars(trainer, "test/acc", "test/loss"))
+    metrics.update(
+        status="completed",
+        epochs=trainer.current_epoch,
+        global_steps=trainer.global_step,
+        wall_seconds=round(time.perf_counter() - start, 2),
+        best_checkpoint=best,
+        params=sum(p.numel() for p in model.parameters()),
+    )
+    write_metrics(out_dir, metrics)
+    log.info("test/acc %.4f  val/acc_best %.4f  (%s)", metrics.get("test/acc", float("nan")),
+             metrics.get("val/acc_best", float("nan")), out_dir)
+    return metrics
+
+
+def scalars(trainer: L.Trainer, *names: str) -> dict[str, float]:
+    return {n: float(trainer.callback_metrics[n]) for n in names if n in trainer.callback_metrics}
+
+
+def route_lightning_logs() -> None:
+    """Let Lightning's messages reach Hydra's console and log-file handlers once, not twice."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("lightning"):
+            logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
+
+
+def build_model(cfg: DictConfig) -> Classifier:
+    """The chosen backbone inside the generic Classifier, with its optimizer and schedule."""
+    return Classifier(
+        backbone=instantiate(cfg.model),
+        optimizer=instantiate(cfg.optim),
+        scheduler=instantiate(cfg.sched.scheduler),
+        interval=cfg.sched.interval,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={cfg.trainer.accelerator} but this machine has no usable CUDA GPU: "
+            "use accelerator=cpu or accelerator=auto"
+        )
+    devices = cfg.trainer.devices
+    if cfg.trainer.accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise UserError(
+            f"trainer.devices={devices} but only {torch.cuda.device_count()} GPU(s) are visible"
+        )
+
+
+def extra_callbacks(cfg: DictConfig) -> list[Callback]:
+    callbacks: list[Callback] = []
+    es = cfg.early_stopping
+    if es.enabled:
+        callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta))
+    return callbacks
+
+
+def hparams_of(cfg: DictConfig) -> dict[str, Any]:
+    """Flat scalars for the HParams tab: the group choices plus every leaf value."""
+    choices = HydraConfig.get().runtime.choices
+    flat: dict[str, Any] = {g: choices.get(g) for g in ("model", "optim", "sched", "accelerator") if g in choices}
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not k.startswith("_"):
+                    walk(v, f"{key}.{k}" if key else k)
+        else:
+            flat[key] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def log_hparams(logger: TensorBoardLogger, cfg: DictConfig) -> None:
+    """Declare the run's hyperparameters and final metric tags; values come from the logged scalars."""
+    from torch.utils.tensorboard.summary import hparams
+
+    exp, ssi, sei = hparams(hparams_of(cfg), {name: 0.0 for name in FINAL_METRICS})
+    writer = logger.experiment._get_file_writer()  # as Lightning's own log_hyperparams does
+    for summary in (exp, ssi, sei):
+        writer.add_summary(summary)
+
+
+def write_metrics(out_dir: Path, metrics: dict[str, Any]) -> None:
+    path = out_dir / "metrics.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
