@@ -78,7 +78,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.limit_test_batches": (batch_limit, "null, a fraction in (0, 1] or a batch count"),
     "trainer.gradient_clip_val": (lambda x: x is None or positive(x), "null or a number > 0"),
     "trainer.deterministic": (lambda x: isinstance(x, bool) or x == "warn", "true, false or warn"),
-    "trainer.fast_dev_run": (lambda x: isinstance(x, bool) or positive_int(x), "true, false or a batch count"),
+    "trainer.fast_dev_run": (
+        lambda x: isinstance(x, bool) or positive_int(x),
+        "true, false or a batch count",
+    ),
     "early_stopping.enabled": (lambda x: isinstance(x, bool), "true or false"),
     "early_stopping.patience": (lambda x: _integer(x) and x >= 0, "an integer >= 0"),
 }

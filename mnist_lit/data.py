@@ -11,8 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
-from torch.utils.data import TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from mnist_lit.errors import UserError
 
@@ -61,7 +60,9 @@ def load_mnist(root: str | Path, train: bool, download: bool = True) -> tuple[to
 class BatchedTensorLoader(DataLoader):
     """A DataLoader whose sampler yields whole index batches, so each batch is one gather."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool) -> None:
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool
+    ) -> None:
         dataset = TensorDataset(images, labels)
         sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
         super().__init__(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None)
@@ -110,7 +111,9 @@ class MNISTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         x, y = self._train
-        return BatchedTensorLoader(x[self.train_idx], y[self.train_idx], self.batch_size, True, self.drop_last)
+        return BatchedTensorLoader(
+            x[self.train_idx], y[self.train_idx], self.batch_size, True, self.drop_last
+        )
 
     def val_dataloader(self) -> DataLoader:
         x, y = self._train

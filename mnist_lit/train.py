@@ -68,8 +68,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         params=sum(p.numel() for p in model.parameters()),
     )
     write_metrics(out_dir, metrics)
-    log.info("test/acc %.4f  val/acc_best %.4f  (%s)", metrics.get("test/acc", float("nan")),
-             metrics.get("val/acc_best", float("nan")), out_dir)
+    log.info(
+        "test/acc %.4f  val/acc_best %.4f  (%s)",
+        metrics.get("test/acc", float("nan")),
+        metrics.get("val/acc_best", float("nan")),
+        out_dir,
+    )
     return metrics
 
 
@@ -103,24 +107,30 @@ def check_accelerator(cfg: DictConfig) -> None:
             "use accelerator=cpu or accelerator=auto"
         )
     devices = cfg.trainer.devices
-    if cfg.trainer.accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
-        raise UserError(
-            f"trainer.devices={devices} but only {torch.cuda.device_count()} GPU(s) are visible"
-        )
+    if (
+        cfg.trainer.accelerator in ("gpu", "cuda")
+        and isinstance(devices, int)
+        and devices > torch.cuda.device_count()
+    ):
+        raise UserError(f"trainer.devices={devices} but only {torch.cuda.device_count()} GPU(s) are visible")
 
 
 def extra_callbacks(cfg: DictConfig) -> list[Callback]:
     callbacks: list[Callback] = []
     es = cfg.early_stopping
     if es.enabled:
-        callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta))
+        callbacks.append(
+            EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta)
+        )
     return callbacks
 
 
 def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     """Flat scalars for the HParams tab: the group choices plus every leaf value."""
     choices = HydraConfig.get().runtime.choices
-    flat: dict[str, Any] = {g: choices.get(g) for g in ("model", "optim", "sched", "accelerator") if g in choices}
+    flat: dict[str, Any] = {
+        g: choices.get(g) for g in ("model", "optim", "sched", "accelerator") if g in choices
+    }
 
     def walk(node: Any, key: str) -> None:
         if isinstance(node, dict):
