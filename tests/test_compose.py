@@ -1,0 +1,90 @@
+"""Every option of every config group composes, passes the checks and instantiates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+import mnist_lit
+from mnist_lit.config import check_config
+
+CONF = Path(mnist_lit.__file__).resolve().parent / "conf"
+GROUPS = ("model", "optim", "sched", "accelerator", "data")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def hydra_conf() -> Iterator[None]:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def make(overrides: list[str]) -> DictConfig:
+    return compose(config_name="config", overrides=overrides)
+
+
+def test_groups_offer_the_documented_options() -> None:
+    assert options("model") == sorted(
+        ["oneconv", "twoconv", "resnet", "tutorialnet", "convnet", "sepconv", "bnconvnet", "examplesnet"]
+    )
+    assert options("optim") == sorted(["sgd", "adam", "adamw", "nadam", "adadelta"])
+    assert set(options("sched")) >= {"constant", "steplr", "warmup", "onecycle"}
+    assert set(options("accelerator")) >= {"cpu", "gpu", "auto"}
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_passes_checks(hydra_conf: None, group: str, option: str) -> None:
+    cfg = make([f"{group}={option}"])
+    check_config(cfg)
+    if group == "model":
+        net = instantiate(cfg.model)
+        assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    if group == "optim":
+        assert {"lr", "weight_decay"} <= set(cfg.optim)
+        opt = instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(3))])
+        assert opt.param_groups[0]["lr"] == cfg.optim.lr
+    if group == "sched":
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
+        kwargs = {"total_steps": 20, "steps_per_epoch": 10} if cfg.sched.interval == "step" else {}
+        sched = instantiate(cfg.sched.scheduler)(opt, **kwargs)
+        assert isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
+    if group == "accelerator":
+        assert {"accelerator", "devices", "precision"} <= set(cfg.trainer)
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed", "16-mixed"])
+def test_precision_is_a_config_value(hydra_conf: None, precision: str) -> None:
+    cfg = make(["accelerator=gpu", f"trainer.precision={precision}"])
+    check_config(cfg)
+    assert str(cfg.trainer.precision) == precision
+
+
+def test_sgd_carries_momentum_nesterov_weight_decay(hydra_conf: None) -> None:
+    cfg = make(["optim=sgd", "optim.momentum=0.5", "optim.nesterov=true", "optim.weight_decay=1e-4"])
+    opt = instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(3))])
+    group = opt.param_groups[0]
+    assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.5, True, 1e-4)
+
+
+def test_data_root_follows_the_environment(hydra_conf: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MNIST_ROOT", raising=False)
+    assert make([]).data.root == "data"
+    monkeypatch.setenv("MNIST_ROOT", "/somewhere/mnist")
+    assert make([]).data.root == "/somewhere/mnist"
+    assert make(["data.root=/elsewhere"]).data.root == "/elsewhere"
+
+
+def test_split_seed_follows_seed(hydra_conf: None) -> None:
+    assert make(["seed=7"]).data.split_seed == 7

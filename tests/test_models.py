@@ -1,0 +1,57 @@
+"""Every seed architecture: the exact parameter count from the reports, logits of shape (N, 10)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mnist_lit import models
+
+# parameter counts listed in the seed reports (input 1x28x28, 10 classes)
+SEED_PARAMS = {
+    "OneConv": 3_870,
+    "TwoConv": 50_826,
+    "ResNet8": 98_346,
+    "TutorialNet": 21_840,
+    "ConvNet": 207_258,
+    "SepConv": 30_306,
+    "BNConvNet": 5_070_832,
+    "ExamplesNet": 1_199_882,
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEED_PARAMS))
+def test_parameter_count_and_logits(name: str) -> None:
+    net = getattr(models, name)()
+    assert sum(p.numel() for p in net.parameters()) == SEED_PARAMS[name]
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.randn(3, 1, 28, 28))
+    assert out.shape == (3, 10)
+    # logits, not probabilities: rows neither sum to one nor are all non-positive log-probs
+    assert not torch.allclose(out.softmax(1).sum(1), out.sum(1))
+    assert not torch.allclose(out.exp().sum(1), torch.ones(3), atol=1e-3)
+
+
+@pytest.mark.parametrize("activation, kind", [("relu", nn.ReLU), ("leakyrelu", nn.LeakyReLU)])
+def test_twoconv_activation_is_configurable(activation: str, kind: type[nn.Module]) -> None:
+    net = models.TwoConv(activation=activation)
+    acts = [m for m in net.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
+    assert acts and all(isinstance(m, kind) for m in acts)
+    assert sum(p.numel() for p in net.parameters()) == SEED_PARAMS["TwoConv"]
+
+
+def test_models_train_without_lightning() -> None:
+    """Plain nn.Modules: one optimizer step with nothing but torch lowers the loss on a fixed batch."""
+    torch.manual_seed(0)
+    net = models.OneConv()
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    first = nn.functional.cross_entropy(net(x), y)
+    for _ in range(5):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+    assert nn.functional.cross_entropy(net(x), y) < first
