@@ -12,6 +12,8 @@ from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnist_lit.errors import UserError
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
@@ -59,13 +61,14 @@ class Classifier(L.LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         self.val_loss(F.cross_entropy(logits, y), weight=len(y))
         self.val_acc(logits, y)
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+        return logits  # for callbacks that inspect predictions
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -77,13 +80,14 @@ class Classifier(L.LightningModule):
         # the sanity check must not count as an epoch, nor a resumed run's stale value survive
         self.val_acc.reset()
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         self.test_loss(F.cross_entropy(logits, y), weight=len(y))
         self.test_acc(logits, y)
         self.log("test/loss", self.test_loss, on_epoch=True)
         self.log("test/acc", self.test_acc, on_epoch=True)
+        return logits
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(self.parameters())
@@ -91,6 +95,7 @@ class Classifier(L.LightningModule):
             return {"optimizer": optimizer}
         if self.interval == "step":
             total = int(self.trainer.estimated_stepping_batches)
+            self.check_schedule_length(total)
             per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
             scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=per_epoch)
         else:
@@ -99,3 +104,20 @@ class Classifier(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.interval, "name": "train/lr"},
         }
+
+    def check_schedule_length(self, total: int) -> None:
+        """A per-step schedule restored from a checkpoint only fits a run of the same length."""
+        self.schedule_steps = total
+        saved = getattr(self, "saved_schedule_steps", None)
+        if saved is not None and saved != total:
+            raise UserError(
+                f"ckpt_path: the checkpoint's per-step schedule was sized for {saved} steps but this run "
+                f"has {total}; resume with the original trainer.max_epochs and data.batch_size, "
+                "or use an epoch-interval schedule (sched=steplr or sched=constant) to extend a run"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["schedule_steps"] = getattr(self, "schedule_steps", None)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.saved_schedule_steps = checkpoint.get("schedule_steps")
