@@ -108,7 +108,7 @@ def test_warmup_rises_linearly_then_cosine_to_the_floor(hydra_conf: None) -> Non
     assert lrs[0] == pytest.approx(start * LR)  # start: a small fraction of the peak
     assert lrs[warm] == pytest.approx(LR) and max(lrs) == pytest.approx(LR)  # the peak ends the warmup
     assert lrs[-1] == pytest.approx(floor * LR)  # the last step trains at the floor
-    assert all(b < a for a, b in zip(lrs[warm:], lrs[warm + 1 :]))  # smooth, strictly falling
+    assert all(b < a for a, b in zip(lrs[warm:], lrs[warm + 1 :], strict=False))  # smooth, strictly falling
 
 
 def test_warmup_follows_max_epochs(hydra_conf: None) -> None:
