@@ -8,32 +8,76 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import time
 
 import hydra
 from omegaconf import DictConfig
 
-from mnist_lit.config import check_config
+from mnist_lit.config import check_config, check_gpu, check_overrides
 from mnist_lit.errors import UserError
+from mnist_lit.rundir import resume_argv, started
+from mnist_lit.sweep import in_multirun, one_line, record_failure
 
 log = logging.getLogger("mnist_lit")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    """Check the composed config, train, and hand val/acc_best back to Hydra's sweepers."""
+def run(cfg: DictConfig) -> float | None:
+    """Check the composed config, train, and hand val/acc_best back to Hydra's sweepers.
+
+    Inside a sweep (``-m``) a job that fails, for any reason, records ``status: failed`` and a
+    one-line reason in its metrics.json and returns None, so the other jobs still run.
+    """
+    start = time.perf_counter()
     try:
         check_config(cfg)
+        check_gpu(cfg)
         from mnist_lit.train import train
 
         metrics = train(cfg)
     except UserError as err:
+        if in_multirun():
+            log.error("job failed: %s", err)
+            record_failure(err, time.perf_counter() - start)
+            return None
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except Exception as err:
+        record_failure(err, time.perf_counter() - start)
+        if not in_multirun():
+            raise
+        log.exception("job failed: %s", one_line(err))
+        return None
     return metrics.get("val/acc_best")
+
+
+def main() -> None:
+    """Entry point; a resume (``ckpt_path=...``) first gets the stopped run's overrides and folder.
+
+    Hydra reports a command line it cannot parse or compose (unknown group option or key,
+    malformed override) and exits with 1; as that happens before any job starts, it is bad input
+    like any other and exits with UserError's code.
+    """
+    try:
+        check_overrides(sys.argv[1:])
+        sys.argv[1:] = resume_argv(sys.argv[1:])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    try:
+        run()
+    except SystemExit as stop:
+        if stop.code == 1 and not started():
+            sys.exit(UserError.exit_code)
+        raise
+    except KeyboardInterrupt:  # Ctrl-C while starting up, before training handles it
+        print("stopped by Ctrl-C before training started: nothing to save", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ schema cannot say: types and ranges. Each failure names the key, the value and w
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +62,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.eval_batch_size": (positive_int, "an integer >= 1"),
     "data.val_size": (lambda x: _integer(x) and 1 <= x <= 59_999, "an integer in 1..59999"),
     "data.root": (lambda x: isinstance(x, str) and x != "", "a folder path"),
+    "data.augment.enabled": (lambda x: isinstance(x, bool), "true or false"),
+    "data.augment.degrees": (lambda x: _number(x) and 0 <= x <= 180, "a number of degrees in 0..180"),
+    "data.augment.translate": (lambda x: _number(x) and 0 <= x <= 0.5, "a fraction of the side in 0..0.5"),
+    "data.augment.scale": (
+        lambda x: len(x) == 2 and all(_number(v) and v > 0 for v in x) and x[0] <= x[1],
+        "[low, high] with 0 < low <= high",
+    ),
     "model.activation": (lambda x: x in ("relu", "leakyrelu"), "relu or leakyrelu"),
     "model.dropout": (lambda x: _number(x) and 0 <= x < 1, "a number in [0, 1)"),
     "sched.scheduler.step_size": (positive_int, "an integer >= 1"),
@@ -82,8 +91,18 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda x: isinstance(x, bool) or positive_int(x),
         "true, false or a batch count",
     ),
+    "inspect.enabled": (lambda x: isinstance(x, bool), "true or false"),
+    "inspect.every_n_epochs": (positive_int, "an integer >= 1"),
+    "inspect.feature_digits": (lambda x: _integer(x) and 1 <= x <= 10, "an integer in 1..10"),
+    "inspect.max_channels": (positive_int, "an integer >= 1"),
+    "inspect.max_misclassified": (lambda x: _integer(x) and x >= 0, "an integer >= 0"),
+    "inspect.pr_curves": (lambda x: isinstance(x, bool), "true or false"),
     "early_stopping.enabled": (lambda x: isinstance(x, bool), "true or false"),
     "early_stopping.patience": (lambda x: _integer(x) and x >= 0, "an integer >= 0"),
+    "early_stopping.stopping_threshold": (lambda x: x is None or _number(x), "null or a number"),
+    "progress_every": (positive_int, "an integer >= 1"),
+    "compile": (lambda x: isinstance(x, bool), "true or false"),
+    "channels_last": (lambda x: isinstance(x, bool), "true or false"),
 }
 
 
@@ -98,3 +117,36 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if not allowed(value):
             raise UserError(f"{key}={value!r} is not allowed: use {what}")
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Reject an override with no key (``=5``), which Hydra would answer with a traceback."""
+    for arg in argv:
+        if not arg.startswith("-") and "=" in arg and not arg.split("=", 1)[0].lstrip("+~"):
+            raise UserError(f"override {arg!r} has no key: write KEY=VALUE, e.g. optim.lr=0.01")
+
+
+def check_gpu(cfg: DictConfig) -> None:
+    """A GPU run on a machine that certainly has none stops now, not after torch has loaded."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda") and not gpu_possible():
+        raise UserError(
+            f"trainer.accelerator={accelerator} but this machine has no NVIDIA GPU driver (or "
+            "CUDA_VISIBLE_DEVICES hides every GPU): use accelerator=cpu or accelerator=auto"
+        )
+
+
+def gpu_possible() -> bool:
+    """False only when CUDA certainly cannot work here, found without importing torch.
+
+    On Linux: no NVIDIA device node (nor WSL's GPU bridge), or CUDA_VISIBLE_DEVICES set to hide
+    every device; elsewhere, and whenever this says True, train.py asks torch once it is loaded.
+    """
+    if not sys.platform.startswith("linux"):
+        return True
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return any(
+        os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/proc/driver/nvidia")
+    )

@@ -2,18 +2,23 @@
 
 torchvision reads (or downloads) the IDX files once; after that no per-sample Python work
 happens: a batch is one fancy-index into the uint8 tensor, moved to the training device, then
-converted to float and normalised there in a single operation.
+converted to float and normalised there in a single operation (and, with ``data.augment.enabled``,
+randomly rotated, scaled and shifted as a batch: mnist_lit/augment.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
+from mnist_lit import integrity
 from mnist_lit.errors import UserError
+from mnist_lit.sampling import ResumableLoader
 
 RAW_FILES = (
     "train-images-idx3-ubyte",
@@ -32,11 +37,19 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
-def load_mnist(root: str | Path, train: bool, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 [N,28,28], labels int64 [N]) via torchvision, or a UserError naming the files."""
+def load_mnist(
+    root: str | Path, train: bool, download: bool = True, verify: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 [N,28,28], labels int64 [N]) via torchvision, or a UserError naming the files.
+
+    With ``verify`` (always, for training) the raw files must be the official MNIST, byte for byte
+    (mnist_lit/integrity.py); only a caller reading its own IDX files turns that off.
+    """
     from torchvision.datasets import MNIST
 
     root = Path(root).expanduser()
+    if verify and all((integrity.raw_dir(root) / f.name).exists() for f in integrity.RAW_FILES):
+        integrity.check_raw_files(root)  # never let torchvision read a damaged file
     try:
         ds = MNIST(str(root), train=train, download=False)
     except RuntimeError:
@@ -54,6 +67,8 @@ def load_mnist(root: str | Path, train: bool, download: bool = True) -> tuple[to
             "Point data.root=PATH (or the environment variable MNIST_ROOT) at a folder "
             "holding MNIST/raw/ with those files."
         )
+    if verify:  # a fresh download is checked too (cached when already verified)
+        integrity.check_raw_files(root)
     return ds.data, ds.targets
 
 
@@ -82,6 +97,7 @@ class MNISTDataModule(L.LightningDataModule):
         std: float = 0.3081,
         download: bool = True,
         drop_last: bool = False,
+        augment: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.root = root
@@ -93,6 +109,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.std = std
         self.download = download
         self.drop_last = drop_last
+        self.augment = dict(augment or {})
         self.train_idx: torch.Tensor | None = None
         self.val_idx: torch.Tensor | None = None
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -106,14 +123,38 @@ class MNISTDataModule(L.LightningDataModule):
         if self._train is None and stage in (None, "fit", "validate"):
             self._train = load_mnist(self.root, train=True, download=False)
             self.train_idx, self.val_idx = split_indices(len(self._train[1]), self.val_size, self.split_seed)
+            self.train_idx = self.shard(self.train_idx)
         if self._test is None and stage in (None, "test", "predict"):
             self._test = load_mnist(self.root, train=False, download=False)
 
+    def shard(self, indices: torch.Tensor) -> torch.Tensor:
+        """Under DDP (trainer.use_distributed_sampler=false) each process trains on its own slice.
+
+        Every process keeps every world_size-th index, all of equal length so their batches line up;
+        validation and test stay whole on every process, their metrics synced, so they are exact.
+        """
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        if world <= 1:
+            return indices
+        return indices[trainer.global_rank :: world][: len(indices) // world]
+
     def train_dataloader(self) -> DataLoader:
         x, y = self._train
-        return BatchedTensorLoader(
-            x[self.train_idx], y[self.train_idx], self.batch_size, True, self.drop_last
+        # seeded per-epoch order (the run's seed): a run resumed mid-epoch continues the same order
+        return ResumableLoader(
+            x[self.train_idx],
+            y[self.train_idx],
+            self.batch_size,
+            self.drop_last,
+            torch.initial_seed(),
+            done=self.batches_trained,
         )
+
+    def batches_trained(self) -> int:
+        """Training batches of the current epoch already completed (after a resume: restored)."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.fit_loop.epoch_loop.batch_progress.current.completed if trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader:
         x, y = self._train
@@ -129,4 +170,16 @@ class MNISTDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         images, labels = batch
-        return self.normalize(images), labels
+        images = self.normalize(images)
+        trainer = self.trainer
+        if self.augment.get("enabled") and trainer is not None and trainer.training:
+            from mnist_lit.augment import random_affine
+
+            images = random_affine(
+                images,
+                degrees=float(self.augment.get("degrees", 10.0)),
+                translate=float(self.augment.get("translate", 0.1)),
+                scale=tuple(self.augment.get("scale", (0.9, 1.1))),
+                fill=-self.mean / self.std,
+            )
+        return images, labels

@@ -16,8 +16,21 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lit.callbacks import from_config as inspection
+from mnist_lit.checkpoint import check_resume
 from mnist_lit.errors import UserError
+from mnist_lit.guards import (
+    Diverged,
+    GracefulStop,
+    check_writable,
+    checkpoint_bytes,
+    guard_callbacks,
+    stopped_run,
+)
 from mnist_lit.module import Classifier
+from mnist_lit.perf import EpochTimer, progress_bar
+from mnist_lit.rundir import find_checkpoint
+from mnist_lit.sweep import job_threads
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +44,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     route_lightning_logs()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     check_accelerator(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = job_threads(cfg.threads)  # parallel sweep jobs split the cores between them
+    if threads:
+        torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
     model = build_model(cfg)
+    ckpt_path = str(find_checkpoint(str(cfg.ckpt_path))) if cfg.ckpt_path else None
+    check_writable(out_dir, 3 * checkpoint_bytes(model))  # now, not after an hour of training
+    stop = GracefulStop()
     logger = TensorBoardLogger(save_dir=str(out_dir), name="tb", version="", default_hp_metric=False)
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
@@ -46,28 +63,52 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         mode="max",
         save_last=True,
     )
+    timer = EpochTimer()
+    bar = [progress_bar(cfg.progress_every)] if cfg.trainer.enable_progress_bar else []
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         default_root_dir=str(out_dir),
         logger=logger,
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), *extra_callbacks(cfg)],
+        callbacks=[
+            checkpoint,
+            LearningRateMonitor(logging_interval="step"),
+            timer,
+            *bar,
+            *extra_callbacks(cfg),
+            *guard_callbacks(out_dir, stop),
+        ],
     )
     log_hparams(logger, cfg)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    metrics = scalars(trainer, "val/acc_best")
-    best = checkpoint.best_model_path or None
-    trainer.test(model, datamodule=datamodule, ckpt_path=best)
+    if ckpt_path:  # weights only, and of this architecture, before Lightning unpickles it
+        check_resume(ckpt_path, model.backbone, OmegaConf.to_container(cfg.model, resolve=True))
+    with stop.handling_signals():
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            metrics = scalars(trainer, "val/acc_best")
+            best = checkpoint.best_model_path or None
+            trainer.test(model, datamodule=datamodule, ckpt_path=best)
+        except (KeyboardInterrupt, SystemExit, Diverged) as err:  # Ctrl-C, SIGTERM, NaN loss
+            metrics = stopped_run(trainer, stop, err, out_dir)
+            metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
+            if trainer.is_global_zero:
+                write_metrics(out_dir, metrics)
+            if isinstance(err, Diverged):
+                raise
+            raise SystemExit(stop.exit_code) from None
     metrics.update(scalars(trainer, "test/acc", "test/loss"))
     metrics.update(
         status="completed",
         epochs=trainer.current_epoch,
         global_steps=trainer.global_step,
+        torch_threads=torch.get_num_threads(),
         wall_seconds=round(time.perf_counter() - start, 2),
+        timing=timer.summary(),
         best_checkpoint=best,
         params=sum(p.numel() for p in model.parameters()),
     )
-    write_metrics(out_dir, metrics)
+    if trainer.is_global_zero:  # one file, however many DDP processes ran
+        write_metrics(out_dir, metrics)
     log.info(
         "test/acc %.4f  val/acc_best %.4f  (%s)",
         metrics.get("test/acc", float("nan")),
@@ -97,6 +138,8 @@ def build_model(cfg: DictConfig) -> Classifier:
         scheduler=instantiate(cfg.sched.scheduler),
         interval=cfg.sched.interval,
         config=OmegaConf.to_container(cfg, resolve=True),
+        channels_last=bool(cfg.get("channels_last", False)),
+        compile=bool(cfg.get("compile", False)),
     )
 
 
@@ -116,11 +159,17 @@ def check_accelerator(cfg: DictConfig) -> None:
 
 
 def extra_callbacks(cfg: DictConfig) -> list[Callback]:
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = [*inspection(cfg.get("inspect"))]
     es = cfg.early_stopping
     if es.enabled:
         callbacks.append(
-            EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta)
+            EarlyStopping(
+                monitor=es.monitor,
+                mode=es.mode,
+                patience=es.patience,
+                min_delta=es.min_delta,
+                stopping_threshold=es.get("stopping_threshold"),
+            )
         )
     return callbacks
 
@@ -150,6 +199,8 @@ def log_hparams(logger: TensorBoardLogger, cfg: DictConfig) -> None:
 
     exp, ssi, sei = hparams(hparams_of(cfg), {name: 0.0 for name in FINAL_METRICS})
     writer = logger.experiment._get_file_writer()  # as Lightning's own log_hyperparams does
+    if writer is None:  # DDP processes other than rank 0 log nothing
+        return
     for summary in (exp, ssi, sei):
         writer.add_summary(summary)
 

@@ -59,3 +59,24 @@ def run_dirs(cwd: Path) -> list[Path]:
 
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def trained_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short real twoconv run (about 96% test accuracy), shared by the inspection, evaluate,
+    predict and export tests; its test step sees the first 500 test images."""
+    cwd = tmp_path_factory.mktemp("trained")
+    overrides = [o for o in TINY if not o.startswith("trainer.limit_train_batches")]
+    result = run_cli(
+        *overrides,
+        "trainer.limit_train_batches=300",
+        "trainer.limit_test_batches=1",
+        "data.eval_batch_size=500",
+        "inspect.max_misclassified=32",
+        "threads=1",
+        cwd=cwd,
+        mnist_root=mnist_root,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(cwd)
+    return run_dir

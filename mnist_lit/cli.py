@@ -1,0 +1,89 @@
+"""What the evaluate, predict and export commands share: config checks, error reporting, devices.
+
+Only Hydra and OmegaConf are imported at module level, so ``--help`` and config errors of
+those commands answer before torch loads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_lit.config import _integer, positive_int
+from mnist_lit.errors import UserError
+
+Rules = dict[str, tuple[Callable[[Any], bool], str]]
+_MISSING = object()
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def optional_positive_int(x: Any) -> bool:
+    return x is None or positive_int(x)
+
+
+def path_like(x: Any) -> bool:
+    return isinstance(x, str) and x != ""
+
+
+COMMON: Rules = {
+    "ckpt": (path_like, "a .ckpt file or a run directory"),
+    "threads": (optional_positive_int, "null or an integer >= 1"),
+    "device": (lambda x: x in DEVICES, " or ".join(DEVICES)),
+    "data.root": (lambda x: x is None or path_like(x), "null (the run's own) or a folder path"),
+}
+
+
+def check(cfg: DictConfig, rules: Rules) -> None:
+    """Raise UserError on the first missing required value or value out of its allowed range."""
+    for key, (allowed, what) in rules.items():
+        try:
+            value = OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=True)
+        except Exception as err:  # a required value (???) left unset
+            raise UserError(f"{key} is required: set it on the command line ({key}=...)") from err
+        if value is _MISSING:
+            continue
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        if not allowed(value):
+            raise UserError(f"{key}={value!r} is not allowed: use {what}")
+
+
+def int_list(lo: int, hi: int) -> Callable[[Any], bool]:
+    """A non-empty list of integers in lo..hi."""
+    return lambda x: isinstance(x, list) and bool(x) and all(_integer(v) and lo <= v <= hi for v in x)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A UserError becomes ``error: MESSAGE`` on stderr and its exit code, not a traceback."""
+    try:
+        yield
+    except UserError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+
+
+def model_override(cfg: DictConfig) -> dict[str, Any] | None:
+    """``model=NAME`` composes conf/model/NAME.yaml: the architecture to load the weights into."""
+    model = cfg.get("model")
+    return OmegaConf.to_container(model, resolve=True) if model is not None else None  # type: ignore[return-value]
+
+
+def torch_device(name: str, threads: int | None) -> Any:
+    """The torch.device the command runs on; ``threads`` caps CPU intra-op threads."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but this machine has no usable CUDA GPU: use device=cpu or device=auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)

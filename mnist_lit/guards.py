@@ -1,0 +1,235 @@
+"""Callbacks that keep a run's results trustworthy when something goes wrong during training.
+
+* ``GracefulStop``: Ctrl-C or SIGTERM finishes the current batch, writes a resumable checkpoint
+  (``checkpoints/interrupted.ckpt``) and stops; a second Ctrl-C stops at once.
+* ``InterruptCheckpoint``: Lightning's OnExceptionCheckpoint, limited to interruptions, so a
+  crash or a diverged loss never leaves a checkpoint of broken weights behind.
+* ``RngState``: the global RNG states travel in every checkpoint, so dropout (and anything else
+  random) continues after a resume exactly as it would have without the interruption.
+* ``FiniteLoss``: a NaN or infinite loss stops the run before that step changes the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from mnist_lit.errors import UserError
+from mnist_lit.rundir import newest
+
+log = logging.getLogger("mnist_lit")
+
+INTERRUPTED_CKPT = "interrupted"
+
+
+class Diverged(UserError):
+    """The training loss stopped being a finite number."""
+
+
+class GracefulStop(Callback):
+    """Turn SIGINT and SIGTERM into Lightning's graceful stop at the next batch boundary.
+
+    Lightning already stops cleanly on SIGTERM: it finishes the batch (and a validation that
+    is due), then raises ``SIGTERMException`` where the loop state is consistent for a resume.
+    Ctrl-C, by default, raises ``KeyboardInterrupt`` wherever the code happens to be, possibly
+    mid optimizer step; here it is routed through the same SIGTERM path. Outside the training
+    loop (loading data, testing) a signal stops the run at once: there is nothing to save.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.hard = False
+        self.training = False
+
+    @contextmanager
+    def handling_signals(self) -> Iterator[GracefulStop]:
+        """SIGINT and SIGTERM are handled here inside the block, as before outside it."""
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            if signum == signal.SIGINT:  # Ctrl-C again: the user does not want to wait
+                self.hard = True
+                log.warning("second interrupt: stopping now, without a mid-epoch checkpoint")
+                raise KeyboardInterrupt
+            return  # the SIGTERM forwarded below, or a repeated SIGTERM: the stop is under way
+        self.signum = signum
+        if not self.training:
+            raise KeyboardInterrupt
+        log.warning(
+            "%s received: finishing the current batch, then saving a resumable checkpoint "
+            "(press Ctrl-C again to stop at once)",
+            signal.Signals(signum).name,
+        )
+        if signum != signal.SIGTERM:
+            signal.raise_signal(signal.SIGTERM)  # Lightning's handler sets trainer.received_sigterm
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.training = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.training = False
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.training = False
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process stopped by a signal: 128 + its number."""
+        return 128 + (self.signum or signal.SIGINT)
+
+
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """Save ``interrupted.ckpt`` on a graceful stop only; deleted again once a fit completes."""
+
+    def on_exception(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        exception = args[-1] if args else kwargs.get("exception")
+        if isinstance(exception, SIGTERMException):
+            super().on_exception(trainer)
+            log.info("resumable checkpoint written: %s", self.ckpt_path)
+
+
+class RngState(Callback):
+    """Carry the python, torch (and CUDA) RNG states in checkpoints and restore them on resume."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        try:
+            import numpy as np
+
+            kind, keys, pos, has_gauss, gauss = np.random.get_state()
+            state["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss)
+        except ImportError:
+            pass
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        if "numpy" in state:
+            import numpy as np
+
+            kind, keys, pos, has_gauss, gauss = state["numpy"]
+            np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
+
+
+class FiniteLoss(Callback):
+    """Stop at the first NaN or infinite training loss, before backward and the optimizer step.
+
+    The weights (and every checkpoint already written) stay as they were after the last good
+    step; the message names the step and what to change.
+    """
+
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        value = float(loss.detach().float().reshape(-1)[0])
+        epoch, batch = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        clip = trainer.gradient_clip_val
+        clip_hint = (
+            f"a smaller trainer.gradient_clip_val (now {clip})"
+            if clip
+            else "gradient clipping (trainer.gradient_clip_val=1.0)"
+        )
+        folder = Path(trainer.default_root_dir) / "checkpoints"
+        raise Diverged(
+            f"training loss became {value} at step {trainer.global_step + 1} (epoch {epoch}, batch {batch}); "
+            f"the run stopped before applying that step. Lower the learning rate (optim.lr, now {lr:g}) "
+            f"or add {clip_hint}. Checkpoints written before this step are intact in {folder}."
+        )
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer_slots: int = 2) -> int:
+    """A generous size of one checkpoint: float32 weights plus that many optimizer buffers per weight."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return params * (1 + optimizer_slots) + (1 << 20)
+
+
+def check_writable(out_dir: Path, need_bytes: int) -> None:
+    """Fail before training if ``out_dir`` cannot take a file, or has less room than a run needs."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=out_dir)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        raise UserError(
+            f"output directory {out_dir} is not writable ({err.strerror or err}): "
+            "free space or fix its permissions, or choose another with hydra.run.dir=PATH"
+        ) from err
+    free = shutil.disk_usage(out_dir).free
+    if free < need_bytes:
+        raise UserError(
+            f"output directory {out_dir} has {free / 2**20:.1f} MiB free but this run needs about "
+            f"{need_bytes / 2**20:.1f} MiB for its checkpoints and logs: free space there, "
+            "or choose another with hydra.run.dir=PATH"
+        )
+
+
+def guard_callbacks(out_dir: Path, stop: GracefulStop) -> list[Callback]:
+    """The callbacks behind interruption, exact resume and divergence handling, for one run."""
+    return [stop, InterruptCheckpoint(out_dir / "checkpoints", INTERRUPTED_CKPT), RngState(), FiniteLoss()]
+
+
+def stopped_run(trainer: L.Trainer, stop: GracefulStop, err: BaseException, out_dir: Path) -> dict[str, Any]:
+    """What metrics.json says about a run that was interrupted or diverged, and the log line."""
+    folder = out_dir / "checkpoints"
+    resume = newest([folder / f"{INTERRUPTED_CKPT}.ckpt", folder / "last.ckpt"])
+    if isinstance(err, Diverged):
+        status = "diverged"
+        resume = folder / "last.ckpt" if (folder / "last.ckpt").is_file() else None
+    else:
+        status = "interrupted"
+    metrics: dict[str, Any] = {
+        "status": status,
+        "reason": str(err)
+        if status == "diverged"
+        else f"stopped by {signal.Signals(stop.exit_code - 128).name}",
+        "epochs": trainer.current_epoch,
+        "global_steps": trainer.global_step,
+        "resume_checkpoint": str(resume) if resume else None,
+    }
+    if "val/acc_best" in trainer.callback_metrics:
+        metrics["val/acc_best"] = float(trainer.callback_metrics["val/acc_best"])
+    if status == "interrupted":
+        log.warning(
+            "run interrupted at epoch %d, step %d (%s); resume with: python -m mnist_lit ckpt_path=%s",
+            trainer.current_epoch,
+            trainer.global_step,
+            out_dir,
+            resume if resume else "(no checkpoint was written yet: start again)",
+        )
+    return metrics

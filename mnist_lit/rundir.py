@@ -1,0 +1,210 @@
+"""Run directories: resuming into the run that was stopped, and never two runs in one directory.
+
+Only the standard library, Hydra and OmegaConf are imported here: these steps run before Hydra
+composes the config (resume) or before the job starts (directory checks).
+
+Resume: ``ckpt_path=last`` (the checkpoint written most recently under ./outputs), a run
+directory, or a .ckpt file inside one continues that run: the original command's overrides are
+replayed, the new ones applied on top, and Hydra writes into the same run directory, so logs,
+checkpoints, TensorBoard events and metrics.json stay together.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from mnist_lit.errors import UserError
+
+# newest first: a mid-epoch stop leaves interrupted.ckpt beside the epoch-end last.ckpt
+RESUMABLE = ("interrupted.ckpt", "last.ckpt")
+OUTPUTS = Path("outputs")
+MIN_FREE_BYTES = 16 << 20  # config, logs and TensorBoard events of a run, before any checkpoint
+CKPT_KEYS = ("ckpt_path", "+ckpt_path", "++ckpt_path")
+# command lines that start no job (or many): left as they are
+NO_JOB_FLAGS = {"-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc"}
+NO_JOB_FLAGS |= {"--shell-completion"}
+
+
+# set once Hydra has parsed and composed the command line and starts a run or a sweep
+_started: list[bool] = []
+
+
+def started() -> bool:
+    """Whether this process got past Hydra's parsing and composition to start a run or sweep."""
+    return bool(_started)
+
+
+def newest(files: list[Path]) -> Path | None:
+    """The most recently written of ``files`` that exist (None if none does)."""
+    existing = [f for f in files if f.is_file()]
+    return max(existing, key=lambda f: f.stat().st_mtime_ns) if existing else None
+
+
+def find_checkpoint(value: str, outputs: Path = OUTPUTS) -> Path:
+    """The checkpoint a resume starts from: ``last``, a run directory, or a .ckpt file."""
+    if value == "last":
+        found = newest([f for name in RESUMABLE for f in outputs.glob(f"**/checkpoints/{name}")])
+        if found is None:
+            raise UserError(
+                f"ckpt_path=last: no {' or '.join(RESUMABLE)} under {outputs.resolve()}; "
+                "give the checkpoint file or run directory (ckpt_path=PATH)"
+            )
+        return found.resolve()
+    path = Path(value).expanduser()
+    if path.is_dir():
+        found = newest([path / "checkpoints" / name for name in RESUMABLE] + [path / n for n in RESUMABLE])
+        if found is None:
+            raise UserError(f"ckpt_path={value!r}: no {' or '.join(RESUMABLE)} in that run directory")
+        return found.resolve()
+    if not path.is_file():
+        raise UserError(
+            f"ckpt_path={value!r}: no such file or run directory "
+            "(use a .ckpt file, a run directory, or last for the latest run under ./outputs)"
+        )
+    return path.resolve()
+
+
+def run_dir_of(ckpt: Path) -> Path | None:
+    """The run directory a checkpoint was written by, if it still holds that run's Hydra record."""
+    run = ckpt.parent.parent
+    if ckpt.parent.name == "checkpoints" and (run / ".hydra" / "overrides.yaml").is_file():
+        return run
+    return None
+
+
+def override_key(arg: str) -> str:
+    """``+a.b=1`` -> ``a.b``; ``~a`` -> ``a``: the key an override sets."""
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
+def resume_argv(argv: list[str], outputs: Path = OUTPUTS) -> list[str]:
+    """Rewrite a resume command line to replay the stopped run's overrides into its own directory.
+
+    ``argv`` is the command line after the program name; anything without ``ckpt_path`` and
+    every multirun is returned unchanged.
+    """
+    if any(a in NO_JOB_FLAGS or a.split("=", 1)[0] in NO_JOB_FLAGS for a in argv):
+        return argv
+    at = [i for i, a in enumerate(argv) if a.split("=", 1)[0] in CKPT_KEYS]
+    if not at:
+        return argv
+    value = argv[at[-1]].split("=", 1)[1].strip("'\"")
+    if value in ("", "null", "None"):
+        return argv
+    ckpt = find_checkpoint(value, outputs)
+    args = [a for i, a in enumerate(argv) if i not in at] + [f"ckpt_path={quote(str(ckpt))}"]
+    run = run_dir_of(ckpt)
+    if run is None:
+        return args
+    given = {override_key(a) for a in args if "=" in a or a.startswith("~")}
+    original = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
+    replay = [
+        str(a)
+        for a in original or []
+        if override_key(str(a)) not in given and override_key(str(a)) not in CKPT_KEYS
+    ]
+    if "hydra.run.dir" not in given:
+        args.append(f"hydra.run.dir={quote(str(run))}")
+    # replayed overrides go before the new ones, so that the new ones win
+    at = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
+    return args[:at] + replay + args[at:]
+
+
+def quote(value: str) -> str:
+    """A Hydra override value that keeps any path intact."""
+    if all(c.isalnum() or c in "/._-:" for c in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def fail(message: str) -> None:
+    """Report a problem found before the job started, as __main__ does for a UserError."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(UserError.exit_code)
+
+
+def check_room(folder: Path, what: str) -> None:
+    """Create ``folder`` and make sure a file can be written there and some space is left."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)  # unique, even across threads
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        reason = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        fail(
+            f"{what} {folder} cannot be written ({reason}): fix its permissions or free space, "
+            "or choose another folder (hydra.run.dir=PATH, or hydra.sweep.dir=PATH with -m)"
+        )
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_BYTES:
+        fail(
+            f"{what} {folder} has only {free / 2**20:.1f} MiB free (a run needs at least "
+            f"{MIN_FREE_BYTES >> 20} MiB before its checkpoints): free space, or choose another folder "
+            "(hydra.run.dir=PATH, or hydra.sweep.dir=PATH with -m)"
+        )
+
+
+def claim(folder: Path, marker: str | None) -> Path:
+    """Atomically take ``folder`` (or ``folder-1``, ``folder-2``...) for this process alone.
+
+    ``marker`` names the subfolder whose creation is the claim (``.hydra`` for a run, whose
+    folder may already exist); None claims the folder itself.
+    """
+    for n in range(1000):
+        candidate = folder if n == 0 else folder.with_name(f"{folder.name}-{n}")
+        try:
+            candidate.mkdir(parents=True, exist_ok=marker is not None)
+            if marker is not None:
+                (candidate / marker).mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise UserError(f"could not find a free run directory next to {folder}")
+
+
+class RunDirectory(Callback):
+    """Hydra callback: check the output folder is writable and claim it before the job starts.
+
+    Two runs started in the same microsecond (or a user-chosen ``hydra.run.dir`` already used)
+    get distinct folders; a resume writes into the run it continues. Sweep jobs are told apart by
+    their job number inside a sweep folder claimed the same way.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _started.append(True)
+        run = Path(str(config.hydra.run.dir))
+        resuming = config.get("ckpt_path") and run_dir_of(Path(str(config.ckpt_path))) == run
+        # a DDP process Lightning started for rank > 0 joins rank 0's folder (its hydra.run.dir)
+        joining = os.environ.get("LOCAL_RANK", "0") != "0"
+        check_room(run.parent, "output folder")
+        if resuming or joining:
+            return
+        taken = claim(run, ".hydra")
+        if taken != run:
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.run.dir = str(taken)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _started.append(True)
+        sweep = Path(str(config.hydra.sweep.dir))
+        check_room(sweep.parent, "sweep folder")
+        taken = claim(sweep, None)
+        if taken != sweep:
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.sweep.dir = str(taken)
+                # each job's config is composed again from these overrides
+                config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quote(str(taken))}")

@@ -1,0 +1,368 @@
+"""Interrupted runs resume exactly, runs reproduce, damaged data, divergence and full disks stop cleanly.
+
+One test per point of the reliability contract, on real MNIST with tiny limits where training is
+needed. Signals go to a real child process (tests/paced_cli.py: the CLI, paced so that a signal
+lands mid-epoch); data damage happens on copies of the raw files, never on the shared folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import read_metrics, run_cli, run_dirs
+
+from mnist_lit import integrity
+from mnist_lit.errors import UserError
+
+TESTS = Path(__file__).resolve().parent
+BATCHES = 6  # training batches per epoch
+# two short epochs of a net with dropout (so the RNG state matters), seeded and deterministic
+EXACT = [
+    "model=tutorialnet",
+    "seed=3",
+    "threads=1",
+    "trainer.max_epochs=2",
+    f"trainer.limit_train_batches={BATCHES}",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.deterministic=true",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.num_sanity_val_steps=0",
+    "inspect.enabled=false",
+]
+
+
+def env_for(mnist_root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(MNIST_ROOT=str(mnist_root), PYTHONUNBUFFERED="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    return env
+
+
+def paced(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "paced_cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def interrupt_at(proc: subprocess.Popen[str], marker: str, sig: int) -> tuple[str, float]:
+    """Send ``sig`` once ``marker`` is printed; return the whole output and seconds to exit."""
+    seen: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line)
+        if line.strip() == marker:
+            break
+    else:
+        proc.wait()
+        pytest.fail(f"{marker!r} never printed:\n{''.join(seen)[-3000:]}")
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    rest, _ = proc.communicate(timeout=60)
+    return "".join(seen) + rest, time.monotonic() - sent
+
+
+def final_weights(run_dir: Path) -> dict:
+    import torch
+
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+        "state_dict"
+    ]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
+    """The run left alone, which the interrupted and the repeated runs must match."""
+    cwd = tmp_path_factory.mktemp("reference")
+    result = run_cli(*EXACT, cwd=cwd, mnist_root=mnist_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(cwd)
+    assert read_metrics(run_dir)["global_steps"] == 2 * BATCHES
+    return run_dir
+
+
+# 1. interruption
+def test_ctrl_c_stops_within_seconds_and_resumes_into_the_same_run(tmp_path: Path, mnist_root: Path) -> None:
+    env = env_for(mnist_root, PACE_FROM="1:1", PACE_SLEEP="0.5")
+    output, seconds = interrupt_at(paced(*EXACT, cwd=tmp_path, env=env), "PACE 1 1", signal.SIGINT)
+    assert seconds < 10, output[-3000:]
+    (run_dir,) = run_dirs(tmp_path)
+    stopped = read_metrics(run_dir)
+    assert stopped["status"] == "interrupted" and "SIGINT" in stopped["reason"], stopped
+    assert stopped["global_steps"] == BATCHES + 2  # the batch under way was finished, then saved
+    assert Path(stopped["resume_checkpoint"]) == run_dir / "checkpoints" / "interrupted.ckpt"
+    assert Path(stopped["resume_checkpoint"]).is_file()
+    log = (run_dir / "mnist_lit.log").read_text()
+    assert "run interrupted at epoch 1, step 8" in log and "ckpt_path=" in log
+    assert "Traceback" not in output
+
+    resumed = run_cli("ckpt_path=last", cwd=tmp_path, mnist_root=mnist_root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert run_dirs(tmp_path) == [run_dir]  # the same run directory, no new one
+    done = read_metrics(run_dir)
+    assert done["status"] == "completed" and done["epochs"] == 2
+    assert done["global_steps"] == 2 * BATCHES  # continued, not restarted: epoch and step counters
+    assert "Restored all states from the checkpoint" in resumed.stderr + resumed.stdout
+    assert [p.name for p in run_dir.iterdir() if p.name == "tb"] == ["tb"]
+    assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) >= 2  # one TensorBoard run, both parts
+    assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
+
+
+# 2. resume is exact
+def test_resume_mid_epoch_2_matches_the_run_left_alone(
+    tmp_path: Path, mnist_root: Path, reference: Path
+) -> None:
+    env = env_for(mnist_root, PACE_FROM="1:2", PACE_SLEEP="0.5")
+    output, _ = interrupt_at(paced(*EXACT, cwd=tmp_path, env=env), "PACE 1 2", signal.SIGTERM)
+    (run_dir,) = run_dirs(tmp_path)
+    assert read_metrics(run_dir)["status"] == "interrupted", output[-3000:]
+    assert read_metrics(run_dir)["global_steps"] == BATCHES + 3  # mid-epoch 2
+
+    resumed = run_cli(f"ckpt_path={run_dir}", cwd=tmp_path, mnist_root=mnist_root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got, want = read_metrics(run_dir), read_metrics(reference)
+    for key in ("val/acc_best", "test/acc", "test/loss", "global_steps", "epochs"):
+        assert got[key] == want[key], key  # bitwise: no tolerance
+    assert same_weights(final_weights(run_dir), final_weights(reference))
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only_and_resumes_after_done_batches() -> None:
+    from mnist_lit.sampling import EpochBatchSampler
+
+    def epoch(e: int, seed: int = 5, done: int = 0) -> list[list[int]]:
+        sampler = EpochBatchSampler(100, 8, False, seed, done=lambda: done)
+        sampler.set_epoch(e)
+        return [[int(i) for i in batch] for batch in sampler]
+
+    order = epoch(2)
+    assert sorted(i for batch in order for i in batch) == list(range(100))  # every image once
+    assert epoch(2) == order and epoch(1) != order and epoch(2, seed=6) != order
+    assert epoch(2, done=4) == order[4:]  # a resumed epoch continues after the trained batches
+
+
+# 3. reproducible
+def test_same_command_twice_gives_identical_metrics(
+    tmp_path: Path, mnist_root: Path, reference: Path
+) -> None:
+    again = run_cli(*EXACT, cwd=tmp_path, mnist_root=mnist_root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path)
+    got, want = read_metrics(run_dir), read_metrics(reference)
+    for key in ("val/acc_best", "test/acc", "test/loss"):
+        assert got[key] == want[key], key
+    assert same_weights(final_weights(run_dir), final_weights(reference))
+
+
+# 4. data integrity
+def damaged_copy(mnist_root: Path, dest: Path, name: str) -> Path:
+    """dest/MNIST/raw with a real copy of ``name`` (to damage) and links to the other files."""
+    raw = integrity.raw_dir(dest)
+    raw.mkdir(parents=True)
+    for spec in integrity.RAW_FILES:
+        source = integrity.raw_dir(mnist_root) / spec.name
+        if spec.name == name:
+            shutil.copyfile(source, raw / spec.name)
+        else:
+            (raw / spec.name).symlink_to(source)
+    return raw / name
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-1000])
+
+
+def flip_a_pixel(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5000] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def wrong_magic(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[3] = 0x01  # an image file's header now claims labels
+    path.write_bytes(bytes(data))
+
+
+def swap_with_test_labels(path: Path) -> None:
+    shutil.copyfile(path.parent / "t10k-labels-idx1-ubyte", path)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "what"),
+    [
+        ("train-labels-idx1-ubyte", truncate, "is truncated: 59,008 bytes, expected 60,008"),
+        ("t10k-images-idx3-ubyte", flip_a_pixel, "is corrupted: its MD5 is"),
+        ("train-images-idx3-ubyte", wrong_magic, "has a wrong IDX header: magic 0x00000801"),
+        ("train-labels-idx1-ubyte", swap_with_test_labels, "has the size of t10k-labels-idx1-ubyte"),
+    ],
+    ids=["truncated", "corrupted", "wrong-header", "swapped"],
+)
+def test_damaged_raw_file_is_named_with_what_is_wrong(
+    tmp_path: Path, mnist_root: Path, name: str, damage, what: str
+) -> None:
+    path = damaged_copy(mnist_root, tmp_path, name)
+    damage(path)
+    with pytest.raises(UserError) as err:
+        integrity.check_raw_files(tmp_path)
+    message = str(err.value)
+    assert str(path) in message and what in message
+    assert "fresh copy of the official file" in message  # how to fix it
+
+
+def test_run_on_damaged_data_stops_before_training(tmp_path: Path, mnist_root: Path) -> None:
+    data = tmp_path / "data"
+    flip_a_pixel(damaged_copy(mnist_root, data, "train-images-idx3-ubyte"))
+    result = run_cli(*EXACT, cwd=tmp_path, mnist_root=data)
+    assert result.returncode == 2
+    assert "train-images-idx3-ubyte is corrupted" in result.stderr and "Traceback" not in result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    assert not (run_dir / "checkpoints").exists()  # not a single step was trained
+
+
+def test_the_official_files_pass(mnist_root: Path) -> None:
+    integrity.check_raw_files(mnist_root)
+
+
+# 5. divergence
+def test_nan_loss_stops_at_that_step_and_earlier_checkpoints_stay_valid(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    env = env_for(mnist_root, POISON_AT="1:2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "paced_cli", *EXACT],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    step = BATCHES + 3
+    assert f"training loss became nan at step {step} (epoch 1, batch 2)" in proc.stderr
+    assert "optim.lr" in proc.stderr and "trainer.gradient_clip_val" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "diverged" and metrics["global_steps"] == step - 1
+
+    import torch
+
+    from mnist_lit.checkpoint import load_weights_only
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    saved = load_weights_only(last)  # weights only, as the package loads checkpoints
+    assert saved["global_step"] == BATCHES  # written at the end of the first epoch
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point())
+    assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
+
+
+# 6. disk
+def test_unwritable_output_dir_stops_before_training(tmp_path: Path, mnist_root: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should go\n")
+    started = time.monotonic()
+    result = run_cli(*EXACT, f"hydra.run.dir={blocker}/run", cwd=tmp_path, mnist_root=mnist_root)
+    assert result.returncode == 2
+    assert f"output folder {blocker} cannot be written" in result.stderr
+    assert "hydra.run.dir=PATH" in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30  # answered before torch and the data load
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_dir_stops_before_training(tmp_path: Path, mnist_root: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    result = run_cli(*EXACT, f"hydra.run.dir={locked}/run", cwd=tmp_path, mnist_root=mnist_root)
+    assert result.returncode == 2 and "cannot be written" in result.stderr
+
+
+def test_full_disk_stops_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from mnist_lit import guards, rundir
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=1 << 20))
+    with pytest.raises(SystemExit) as stop:
+        rundir.check_room(tmp_path / "outputs", "output folder")
+    assert stop.value.code == 2
+    model = torch.nn.Linear(784, 10)
+    with pytest.raises(UserError, match=r"has 1\.0 MiB free but this run needs about"):
+        guards.check_writable(tmp_path / "run", 3 * guards.checkpoint_bytes(model) + (8 << 20))
+
+
+# 7. concurrent runs
+def test_two_runs_started_together_never_share_a_directory(tmp_path: Path) -> None:
+    # the same folder for both stands for two runs started in the same microsecond; each run is
+    # stopped by its own bad value right after its folder was claimed, which keeps this fast
+    same = tmp_path / "outputs" / "runs" / "same"
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def start(lr: str) -> None:
+        results[lr] = run_cli(f"optim.lr={lr}", f"hydra.run.dir={same}", cwd=tmp_path)
+
+    threads = [threading.Thread(target=start, args=(lr,)) for lr in ("0", "-1")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {lr: r.returncode for lr, r in results.items()} == {"0": 2, "-1": 2}
+    dirs = run_dirs(tmp_path)
+    assert {d.name for d in dirs} == {"same", "same-1"}
+    for d in dirs:  # each folder holds one run's record and log, never a mix
+        (lr,) = [a for a in (d / ".hydra" / "overrides.yaml").read_text().split() if a.startswith("optim.lr")]
+        log = (d / "mnist_lit.log").read_text()
+        assert f"{lr} is not allowed" in log
+        assert log.count("is not allowed") == 1
+
+
+def test_parallel_sweep_jobs_write_into_their_own_folders(tmp_path: Path) -> None:
+    # two jobs with identical overrides, run at the same time by the joblib launcher
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optim.lr=0,0"]
+    result = run_cli(*args, cwd=tmp_path)
+    assert "all 2 jobs of the sweep failed" in result.stderr
+    jobs = sorted(p.parent.name for p in (tmp_path / "outputs" / "sweeps").rglob("metrics.json"))
+    assert jobs == ["0_optim.lr=0", "1_optim.lr=0"]
+
+
+def test_parallel_sweeps_claim_distinct_folders(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from mnist_lit.rundir import RunDirectory
+
+    def sweep_config() -> object:
+        return OmegaConf.create(
+            {"hydra": {"sweep": {"dir": str(tmp_path / "sweeps" / "s")}, "overrides": {"hydra": []}}}
+        )
+
+    configs = [sweep_config() for _ in range(4)]
+    threads = [threading.Thread(target=RunDirectory().on_multirun_start, args=(c,)) for c in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    taken = {c.hydra.sweep.dir for c in configs}
+    assert len(taken) == 4  # every sweep its own folder; jobs inside it are numbered apart
+    for c in configs[1:]:
+        if c.hydra.sweep.dir != str(tmp_path / "sweeps" / "s"):
+            assert f"hydra.sweep.dir={c.hydra.sweep.dir}" in c.hydra.overrides.hydra
