@@ -1,0 +1,163 @@
+"""What a multirun needs beyond one run: failed jobs recorded instead of fatal, threads shared, a table.
+
+Only the standard library, Hydra and OmegaConf are imported here: Hydra builds the callback before
+any job starts, and a failing job must be recorded even when torch itself failed to load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_lit.errors import UserError
+
+log = logging.getLogger(__name__)
+
+REASON_CHARS = 300
+# a job folder's name must fit the file system's 255-byte limit with room for "NUM_"
+DIRNAME_CHARS = 200
+_LONG_FLOAT = re.compile(r"(?<![\w.])\d*\.\d{5,}(?:e[-+]?\d+)?(?![\w.])")
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A sweep job's folder name from its overrides: long floats to 4 significant digits, then cut.
+
+    Optuna's draws (``optim.lr=0.07488900510447863``) and many overrides would otherwise give
+    names longer than the file system allows; the job number in front keeps names unique.
+    """
+    name = _LONG_FLOAT.sub(lambda m: f"{float(m.group()):.4g}", override_dirname)
+    return name if len(name) <= DIRNAME_CHARS else name[: DIRNAME_CHARS - 3] + "..."
+
+
+# used by hydra.sweep.subdir in conf/config.yaml; Hydra resolves it in whichever process runs the job
+OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
+
+
+def in_multirun() -> bool:
+    """True inside a job of a ``-m`` sweep (any launcher), where one failure must not stop the others."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: first line of the message``, short enough for a table cell."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
+
+
+def record_failure(err: BaseException, seconds: float) -> dict[str, Any]:
+    """Write the failed job's metrics.json (status and one-line reason) so the sweep's table shows it.
+
+    What the job itself wrote there while stopping (a diverged run's epochs and last checkpoint)
+    is kept, its status becoming ``stopped_as``; a file older than the job is replaced.
+    """
+    metrics: dict[str, Any] = {}
+    failure = {
+        "status": "failed",
+        "reason": one_line(err),
+        "error_type": type(err).__name__,
+        "wall_seconds": round(seconds, 2),
+    }
+    if HydraConfig.initialized():
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "metrics.json"
+        if path.is_file() and path.stat().st_mtime >= time.time() - seconds - 1:
+            try:
+                metrics = json.loads(path.read_text())
+            except (OSError, ValueError):
+                metrics = {}
+            if metrics.get("status") not in (None, "failed"):
+                metrics["stopped_as"] = metrics["status"]
+        metrics.update(failure)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+    return metrics or failure
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers and SLURM restrict)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def job_threads(requested: int | None) -> int | None:
+    """Torch threads for this job: ``threads`` when set, else cores / parallel jobs under joblib.
+
+    joblib's ``n_jobs`` follows its own convention: -1 is every core, -2 all but one, and so on.
+    Returns None (torch's default) for runs that do not share the machine with sibling jobs.
+    """
+    if requested:
+        return requested
+    if not HydraConfig.initialized():
+        return None
+    parallel = parallel_jobs(HydraConfig.get().launcher)
+    return None if parallel is None else max(1, available_cores() // parallel)
+
+
+def parallel_jobs(launcher: DictConfig) -> int | None:
+    """How many jobs the joblib launcher runs at once (its ``n_jobs``); None for other launchers."""
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    n_jobs = launcher.get("n_jobs")
+    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0:
+        raise UserError(
+            f"hydra.launcher.n_jobs={n_jobs} is not allowed: use a whole number of jobs at once, "
+            "or -1 for one per core (-2 all cores but one, ...)"
+        )
+    return n_jobs if n_jobs > 0 else max(1, available_cores() + 1 + n_jobs)
+
+
+class ResultsTable(Callback):
+    """At the end of every multirun: write results.md / results.csv into the sweep dir and print them.
+
+    The sweep exits with status 1 when every job failed, so scripts and CI notice a sweep that
+    produced nothing; with at least one completed job it exits 0 and the table names the failures.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before any job: joblib's n_jobs is valid, and a warning when jobs x threads oversubscribe."""
+        try:
+            parallel = parallel_jobs(config.hydra.launcher)
+        except UserError as err:  # Hydra turns a callback's exceptions into warnings: stop here
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
+        threads, cores = config.get("threads"), available_cores()
+        if parallel and threads and parallel * threads > cores:
+            log.warning(
+                "%d parallel jobs x threads=%d = %d torch threads on %d cores: jobs will slow each other "
+                "down; leave threads unset (each job then gets cores // n_jobs threads)",
+                parallel,
+                threads,
+                parallel * threads,
+                cores,
+            )
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from mnist_lit.report import build_report
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        report = build_report(sweep_dir)
+        if report is None:
+            log.warning("no job directories found under %s", sweep_dir)
+            return
+        report.write(sweep_dir)
+        print(report.markdown(), flush=True)
+        log.info("results table: %s", sweep_dir / "results.md")
+        if report.rows and all(r.status != "completed" for r in report.rows):
+            print(f"error: all {len(report.rows)} jobs of the sweep failed, see {sweep_dir}", file=sys.stderr)
+            sys.exit(1)
