@@ -1,0 +1,270 @@
+"""``python -m mnist_lit.evaluate ckpt=PATH``: how good a checkpoint is, and how robust.
+
+Rebuilds the model from the run config saved in the checkpoint (weights only), then measures
+on the official test set: accuracy and loss exactly as the run's own test step does, per-class
+accuracy, the confusion matrix, and accuracy on test digits shifted by a few pixels in each
+direction and rotated by a few degrees either way. Prints tables and writes evaluation.json,
+confusion_matrix.png and robustness.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import hydra
+from omegaconf import DictConfig
+
+from mnist_lit.cli import (
+    COMMON,
+    check,
+    int_list,
+    model_override,
+    optional_positive_int,
+    torch_device,
+    user_errors,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from mnist_lit.checkpoint import LoadedModel
+
+log = logging.getLogger(__name__)
+
+RULES = {
+    **COMMON,
+    "limit": (optional_positive_int, "null or an integer >= 1 (test images)"),
+    "batch_size": (optional_positive_int, "null or an integer >= 1"),
+    "out": (lambda x: x is None or (isinstance(x, str) and x != ""), "null or a folder path"),
+    "robustness.enabled": (lambda x: isinstance(x, bool), "true or false"),
+    "robustness.shifts": (int_list(1, 27), "a list of pixel counts in 1..27, e.g. [1,2,3,4]"),
+    "robustness.angles": (int_list(1, 180), "a list of degrees in 1..180, e.g. [5,10,15]"),
+}
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+def shift(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """uint8 [N, H, W] moved dx pixels right and dy down; what moves in is black background."""
+    import torch
+
+    out = torch.zeros_like(images)
+    h, w = images.shape[-2:]
+    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = images[
+        :, max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
+    return out
+
+
+def rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
+    """uint8 [N, H, W] rotated counter-clockwise about the centre, bilinear, black corners."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.rotate(images.unsqueeze(1), degrees, InterpolationMode.BILINEAR, fill=0).squeeze(1)
+
+
+class Evaluator:
+    """Runs a loaded model over uint8 test images in fixed batches, the way the run's test step does."""
+
+    def __init__(self, model: LoadedModel, device: torch.device, batch_size: int) -> None:
+        self.model = model
+        self.device = device
+        self.batch_size = batch_size
+        model.backbone.to(device)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        with torch.inference_mode():
+            return torch.cat(
+                [
+                    self.model.backbone(self.model.normalize(chunk.to(self.device))).float().cpu()
+                    for chunk in images.split(self.batch_size)
+                ]
+            )
+
+    def accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        from torchmetrics.classification import MulticlassAccuracy
+
+        acc = MulticlassAccuracy(10, average="micro")
+        for logits, y in zip(
+            self.logits(images).split(self.batch_size), labels.split(self.batch_size), strict=True
+        ):
+            acc.update(logits, y)
+        return float(acc.compute())
+
+    def report(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """Accuracy, loss, per-class accuracy and confusion matrix, accumulated batch by batch."""
+        from torch.nn import functional as F
+        from torchmetrics import MeanMetric
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+        acc, per_class = MulticlassAccuracy(10, average="micro"), MulticlassAccuracy(10, average="none")
+        loss, confusion = MeanMetric(), MulticlassConfusionMatrix(10)
+        for logits, y in zip(
+            self.logits(images).split(self.batch_size), labels.split(self.batch_size), strict=True
+        ):
+            acc.update(logits, y)
+            per_class.update(logits, y)
+            confusion.update(logits, y)
+            loss.update(F.cross_entropy(logits, y), weight=len(y))
+        return {
+            "acc": float(acc.compute()),
+            "loss": float(loss.compute()),
+            "images": len(labels),
+            "per_class_acc": {str(d): float(a) for d, a in enumerate(per_class.compute())},
+            "per_class_images": {str(d): int((labels == d).sum()) for d in range(10)},
+            "confusion_matrix": confusion.compute().tolist(),
+        }
+
+    def robustness(
+        self, images: torch.Tensor, labels: torch.Tensor, shifts: list[int], angles: list[int]
+    ) -> list[dict[str, Any]]:
+        """One row per transform: untouched, each shift in each direction, each rotation either way."""
+        rows = [{"transform": "none", "amount": 0, "acc": self.accuracy(images, labels)}]
+        for direction, (dx, dy) in DIRECTIONS.items():
+            for px in shifts:
+                moved = shift(images, dx * px, dy * px)
+                rows.append(
+                    {"transform": f"shift {direction}", "amount": px, "acc": self.accuracy(moved, labels)}
+                )
+        for deg in sorted({-a for a in angles} | set(angles)):
+            rows.append(
+                {"transform": "rotate", "amount": deg, "acc": self.accuracy(rotate(images, deg), labels)}
+            )
+        return rows
+
+
+def robustness_chart(rows: list[dict[str, Any]]) -> torch.Tensor:
+    """Two panels side by side: accuracy vs shift per direction, and accuracy vs rotation angle."""
+    import torch
+
+    from mnist_lit import render
+
+    clean = next(r["acc"] for r in rows if r["transform"] == "none")
+    shifts = {
+        d: [(0.0, clean)] + [(r["amount"], r["acc"]) for r in rows if r["transform"] == f"shift {d}"]
+        for d in DIRECTIONS
+    }
+    turns = {
+        "rotate": sorted(
+            [(0.0, clean)] + [(r["amount"], r["acc"]) for r in rows if r["transform"] == "rotate"]
+        )
+    }
+    lo = min(r["acc"] for r in rows)
+    y_range = (max(0.0, lo - 0.02), min(1.0, max(r["acc"] for r in rows) + 0.01))
+    left = render.line_chart(
+        shifts, "accuracy on shifted test digits", "shift (pixels)", "accuracy", y_range=y_range
+    )
+    right = render.line_chart(
+        turns, "accuracy on rotated test digits", "rotation (degrees)", "accuracy", y_range=y_range
+    )
+    return torch.cat([left, right], dim=2)
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    test, run = result["test"], result.get("run") or {}
+    print(f"checkpoint   {result['checkpoint']}")
+    print(f"architecture {result['architecture']}")
+    print(f"test images  {test['images']}")
+    print(f"test/acc     {test['acc']:.4f}")
+    print(f"test/loss    {test['loss']:.4f}")
+    if run.get("test/acc") is not None:
+        same = (
+            "the same images"
+            if run["test_images"] == test["images"]
+            else f"limit={run['test_images']} to compare"
+        )
+        print(
+            f"run's own test/acc {run['test/acc']:.4f} on its first {run['test_images']} test images "
+            f"(its metrics.json; {same})"
+        )
+    print("\nper-class accuracy\n digit  images  accuracy")
+    for d, acc in test["per_class_acc"].items():
+        print(f"   {d}    {test['per_class_images'][d]:6d}   {acc:.4f}")
+    print("\nconfusion matrix (rows true, columns predicted)")
+    print("      " + "".join(f"{d:>6}" for d in range(10)))
+    for d, row in enumerate(test["confusion_matrix"]):
+        print(f"  {d}   " + "".join(f"{v:>6}" for v in row))
+    if result.get("robustness"):
+        clean = result["robustness"][0]["acc"]
+        print("\nrobustness\n transform      amount  accuracy  change")
+        for r in result["robustness"]:
+            unit = "deg" if r["transform"] == "rotate" else ("px" if r["amount"] else "")
+            amount = f"{r['amount']:+d} {unit}" if unit == "deg" else f"{r['amount']} {unit}"
+            print(f" {r['transform']:<13} {amount:>7}  {r['acc']:.4f}   {r['acc'] - clean:+.4f}")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Everything the command reports, as the dict written to evaluation.json."""
+    import torch
+
+    from mnist_lit import render
+    from mnist_lit.checkpoint import load_for_inference
+    from mnist_lit.data import load_mnist
+
+    device = torch_device(cfg.device, cfg.threads)
+    model = load_for_inference(cfg.ckpt, model_override(cfg))
+    run_data = model.config.get("data", {})
+    root = cfg.data.root or run_data.get("root") or "data"
+    images, labels = load_mnist(root, train=False, download=bool(run_data.get("download", False)))
+    if cfg.limit:
+        images, labels = images[: cfg.limit], labels[: cfg.limit]
+    evaluator = Evaluator(model, device, cfg.batch_size or int(run_data.get("eval_batch_size", 1000)))
+    result: dict[str, Any] = {
+        "checkpoint": str(model.path),
+        "architecture": model.architecture,
+        "test": evaluator.report(images, labels),
+        "run": {"test/acc": run_test_acc(model.run_dir), "test_images": run_test_images(model.config)},
+    }
+    if cfg.robustness.enabled:
+        shifts, angles = list(cfg.robustness.shifts), list(cfg.robustness.angles)
+        result["robustness"] = evaluator.robustness(images, labels, shifts, angles)
+    out = Path(cfg.out) if cfg.out else model.run_dir / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    cm = render.confusion_image(
+        torch.tensor(result["test"]["confusion_matrix"]),
+        f"test confusion matrix ({result['test']['images']} digits): rows true, columns predicted",
+    )
+    render.save_png(cm, out / "confusion_matrix.png")
+    if result.get("robustness"):
+        render.save_png(robustness_chart(result["robustness"]), out / "robustness.png")
+    result["out"] = str(out)
+    return result
+
+
+def run_test_acc(run_dir: Path) -> float | None:
+    """The test/acc the training run itself recorded, if its metrics.json is there."""
+    try:
+        return float(json.loads((run_dir / "metrics.json").read_text())["test/acc"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_test_images(config: dict[str, Any], total: int = 10_000) -> int:
+    """How many test images the run's own test step saw (its trainer.limit_test_batches)."""
+    batch = int(config.get("data", {}).get("eval_batch_size") or 1000)
+    batches = -(-total // batch)
+    limit = config.get("trainer", {}).get("limit_test_batches")
+    if limit is None or isinstance(limit, bool):
+        return total
+    used = int(batches * limit) if isinstance(limit, float) else min(int(limit), batches)
+    return min(total, used * batch)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    """Check the arguments, evaluate, print the tables and where the files went."""
+    with user_errors():
+        check(cfg, RULES)
+        result = evaluate(cfg)
+        print_tables(result)
+        print(f"\nwrote {Path(result['out']) / 'evaluation.json'} and the PNGs beside it")
+
+
+if __name__ == "__main__":
+    main()
