@@ -22,15 +22,18 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check mnist_lit tests
-	$(BIN)/ruff format --check mnist_lit tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(STAMP)
-	$(BIN)/ruff format mnist_lit tests
-	$(BIN)/ruff check --fix mnist_lit tests
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 tensorboard: $(STAMP)
 	$(BIN)/tensorboard --logdir outputs
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info

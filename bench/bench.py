@@ -1,0 +1,536 @@
+"""Speed benchmark: the package against hand-written PyTorch loops, measured in one run.
+
+    python bench/bench.py                 # full run: table on stdout, JSON in bench/results.json
+    python bench/bench.py --quick         # smoke run: every leg, a few batches each
+    python bench/bench.py --threads 2 --out /tmp/bench.json
+    python bench/bench.py --override compile=true --override trainer.precision=bf16-mixed   # a GPU
+
+Legs (each printed as a row and kept in the JSON):
+  overhead    package throughput (images/s over a training epoch after warm-up, with its normal
+              logging, TensorBoard, progress bar and checkpointing) / a plain loop in this file
+              with the same network, optimizer, schedule, batch size, in-memory data and threads
+  seeds       package / a plain loop fed by torchvision MNIST + ToTensor + Normalize via DataLoader
+  time_to_99  whole-process wall time of ``experiment=fast`` against pytorch/examples' recipe
+              (``experiment=examplesnet``) stopped at its first epoch with val/acc >= 99%
+  flops       achieved training FLOP/s of twoconv (torch.utils.flop_counter) / a large matmul's
+  startup     --help, --cfg job, a config error (and whether torch/lightning got imported),
+              process start to the first training step
+
+The package always runs as a user runs it: ``python -m mnist_lit ...`` in a fresh process; its
+throughput comes from the run's own metrics.json (mnist_lit.perf.EpochTimer), timed the same way
+as the plain loops here: every batch after the first ``WARMUP``, up to the end of the epoch.
+twoconv trains full epochs; resnet the first ``--resnet-batches`` batches of one. On a machine
+with a CUDA GPU everything runs there unchanged (accelerator=auto, the plain loops' data on the GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+WARMUP = 20  # batches left out of every throughput, as mnist_lit.perf.EpochTimer does
+MEAN, STD = 0.1307, 0.3081
+SEED = 42
+VAL_SIZE = 5000
+THRESHOLD = 0.99
+# --override: extra overrides for every package run (e.g. compile=true channels_last=true
+# trainer.precision=bf16-mixed on a GPU); the plain loops stay plain float32
+PACKAGE_OVERRIDES: list[str] = []
+QUICK_BATCHES = 25  # --quick: batches per training leg
+QUICK_LIMITS = [
+    f"trainer.limit_train_batches={QUICK_BATCHES}",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def machine_name() -> str:
+    """The GPU's name, else the CPU's model name (for the table's heading and the JSON)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def build(model: str) -> nn.Module:
+    """The package's own backbone class for ``model`` (the same network, not a look-alike)."""
+    from mnist_lit import models
+
+    names = {"twoconv": "TwoConv", "resnet": "ResNet8", "examplesnet": "ExamplesNet"}
+    return getattr(models, names[model])()
+
+
+def optimizer_for(net: nn.Module, steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The package's default: Adam lr 0.002 with a per-step one-cycle schedule over the epoch."""
+    opt = torch.optim.Adam(net.parameters(), lr=0.002)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=0.002,
+        total_steps=steps,
+        pct_start=0.25,
+        div_factor=25.0,
+        final_div_factor=1e4,
+        cycle_momentum=False,
+    )
+    return opt, sched
+
+
+def train_split(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The package's 55,000 training images (uint8) and labels, and their indices in the 60,000."""
+    from torchvision.datasets import MNIST
+
+    from mnist_lit.data import split_indices
+
+    ds = MNIST(str(root), train=True, download=False)
+    train_idx, _ = split_indices(len(ds.targets), VAL_SIZE, SEED)
+    return ds.data[train_idx], ds.targets[train_idx], train_idx
+
+
+def timed_epoch(
+    net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int
+) -> dict[str, float]:
+    """Train over ``batches``; images/s over those after the first WARMUP, ended by a device sync."""
+    opt, sched = optimizer_for(net, steps)
+    net.train()
+    images, t0, cpu0 = 0, None, 0.0
+    for i, (x, y) in enumerate(batches):
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if i == WARMUP:
+            sync()
+            t0, cpu0 = time.perf_counter(), time.process_time()
+        elif i > WARMUP:
+            images += len(y)
+    sync()
+    seconds = time.perf_counter() - t0 if t0 is not None else float("nan")
+    cpu = time.process_time() - cpu0 if t0 is not None else float("nan")
+    return {
+        "images": images,
+        "seconds": round(seconds, 4),
+        "images_per_s": round(images / seconds, 1),
+        "images_per_cpu_s": round(images / cpu, 1),
+    }
+
+
+def plain_in_memory(
+    model: str, batch: int, data: tuple[torch.Tensor, torch.Tensor], max_batches: int | None
+) -> dict[str, float]:
+    """A hand-written loop over tensors in memory: shuffle, gather, normalise, step."""
+    torch.manual_seed(SEED)
+    dev = device()
+    x_all, y_all = data[0].to(dev), data[1].to(dev)
+    net = build(model).to(dev)
+    n = len(y_all)
+    steps = -(-n // batch) if max_batches is None else min(max_batches, -(-n // batch))
+
+    def batches() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        perm = torch.randperm(n, device=dev)
+        for i in range(steps):
+            idx = perm[i * batch : (i + 1) * batch]
+            x = ((x_all[idx].float() / 255.0 - MEAN) / STD).unsqueeze(1)
+            yield x, y_all[idx]
+
+    return timed_epoch(net, batches(), steps)
+
+
+def plain_torchvision(
+    model: str, batch: int, root: Path, train_idx: torch.Tensor, max_batches: int | None
+) -> dict[str, float]:
+    """The seed reports' pipeline: torchvision MNIST, per-sample ToTensor + Normalize, a DataLoader."""
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(SEED)
+    dev = device()
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    ds = Subset(datasets.MNIST(str(root), train=True, download=False, transform=tf), train_idx.tolist())
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, pin_memory=dev.type == "cuda")
+    net = build(model).to(dev)
+    steps = len(loader) if max_batches is None else min(max_batches, len(loader))
+
+    def batches() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        for i, (x, y) in enumerate(loader):
+            if i >= steps:
+                return
+            yield x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+
+    return timed_epoch(net, batches(), steps)
+
+
+def cli(
+    args: list[str], cwd: Path, root: Path, timeout: float = 900, python_flags: list[str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], float, float]:
+    """``python -m mnist_lit ARGS`` in a fresh process: (result, wall seconds, start time.time())."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["MNIST_ROOT"] = str(root)
+    started = time.time()
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, *(python_flags or []), "-m", "mnist_lit", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc, time.perf_counter() - t0, started
+
+
+def package_run(args: list[str], cwd: Path, root: Path, name: str) -> tuple[dict[str, Any], float, float]:
+    """A package run into cwd/name; (its metrics.json, whole-process wall seconds, start time)."""
+    run_dir = cwd / name
+    proc, wall, started = cli([*args, *PACKAGE_OVERRIDES, f"hydra.run.dir={run_dir}"], cwd, root)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
+        raise RuntimeError(f"python -m mnist_lit {' '.join(args)} failed ({proc.returncode}):\n{tail}")
+    return json.loads((run_dir / "metrics.json").read_text()), wall, started
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+# ---- legs ------------------------------------------------------------------------------------------------
+def leg_overhead(
+    ctx: dict[str, Any], models: list[str], batches: list[int], limit: int | None
+) -> list[dict[str, Any]]:
+    """Per model and batch size: the package (a fresh process) and then the plain loop.
+
+    twoconv trains a full epoch; resnet (about 15x the compute per image) the first
+    ``resnet_batches`` batches of one, so the whole bench stays within minutes on two cores.
+    """
+    rows = []
+    for model in models:
+        # twoconv also at 128, for the FLOP/s leg's best batch size (the targets are at 64 and 32)
+        for batch in [*batches, 128] if model == "twoconv" and limit is None else batches:
+            cap = limit if limit is not None else (ctx["resnet_batches"] if model == "resnet" else None)
+            args = [
+                f"model={model}",
+                "optim=adam",
+                "sched=onecycle",
+                f"data.batch_size={batch}",
+                "trainer.max_epochs=1",
+                f"threads={ctx['threads']}",
+                "accelerator=auto",
+            ]
+            if limit is not None:
+                args += QUICK_LIMITS
+            elif cap is not None:
+                args.append(f"trainer.limit_train_batches={cap}")
+            metrics, wall, started = package_run(args, ctx["tmp"], ctx["root"], f"{model}_b{batch}")
+            pkg = metrics["timing"]["train_images_per_s"]
+            pkg_cpu = metrics["timing"].get("train_images_per_cpu_s")
+            plain = plain_in_memory(model, batch, ctx["data"], cap)
+            rows.append(
+                {
+                    "model": model,
+                    "batch": batch,
+                    "train_batches": cap or "epoch",
+                    "package_images_per_s": pkg,
+                    "plain_images_per_s": plain["images_per_s"],
+                    "ratio": ratio(pkg, plain["images_per_s"]),
+                    "target": 0.95,
+                    # per CPU-second: the same ratio, far less disturbed by other programs on the cores
+                    "package_images_per_cpu_s": pkg_cpu,
+                    "plain_images_per_cpu_s": plain["images_per_cpu_s"],
+                    "cpu_ratio": ratio(pkg_cpu, plain["images_per_cpu_s"]),
+                    "package_wall_s": round(wall, 2),
+                    "first_step_s": round(metrics["timing"]["first_step_at"] - started, 2),
+                }
+            )
+            print(f"  overhead {model} b{batch}: {rows[-1]}", flush=True)
+    return rows
+
+
+def leg_seeds(ctx: dict[str, Any], overhead: list[dict[str, Any]], limit: int | None) -> dict[str, Any]:
+    row = next(r for r in overhead if r["model"] == "twoconv" and r["batch"] == 64)
+    seeds = plain_torchvision("twoconv", 64, ctx["root"], ctx["train_idx"], limit)
+    out = {
+        "model": "twoconv",
+        "batch": 64,
+        "package_images_per_s": row["package_images_per_s"],
+        "torchvision_loop_images_per_s": seeds["images_per_s"],
+        "ratio": ratio(row["package_images_per_s"], seeds["images_per_s"]),
+        "target": 2.0,
+    }
+    print(f"  seeds: {out}", flush=True)
+    return out
+
+
+def leg_time_to_99(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """fast's whole process vs examplesnet's recipe run until its first epoch at val/acc >= 99%.
+
+    Both are whole processes, shell to printed test accuracy. The recipe's leg stops at the first
+    epoch whose validation accuracy reaches 99% (Lightning's EarlyStopping stopping_threshold),
+    capped at ``examples_epochs`` epochs to stay affordable: Adadelta lr 1.0 usually gets there
+    in its first. If the cap stops it first, ``examplesnet_reached_99`` says false and its wall
+    time is a lower bound.
+    """
+    tiny = QUICK_LIMITS if quick else []
+    threads = f"threads={ctx['threads']}"
+    fast, fast_wall, _ = package_run(
+        ["experiment=fast", threads, "accelerator=auto", *tiny], ctx["tmp"], ctx["root"], "fast"
+    )
+    cap = 1 if quick else ctx["examples_epochs"]
+    ex_args = [
+        "experiment=examplesnet",
+        threads,
+        "accelerator=auto",
+        f"trainer.max_epochs={cap}",
+        "early_stopping.enabled=true",
+        # EarlyStopping stops when val/acc > threshold; validation accuracy moves in steps of 1/5000
+        f"early_stopping.stopping_threshold={THRESHOLD - 1e-4}",
+        *tiny,
+    ]
+    ex, ex_wall, _ = package_run(ex_args, ctx["tmp"], ctx["root"], "examplesnet")
+    reached = (ex.get("val/acc_best") or 0) >= THRESHOLD
+    # training seconds per epoch of its 55,000 images (timed after warm-up, scaled to the epoch)
+    epoch_s = [e["seconds"] * 55_000 / e["images"] for e in ex["timing"]["train_epochs"]]
+    examples_wall = ex_wall
+    hand = ctx.get("hand_twoconv_epoch_s")
+    out = {
+        "fast_wall_s": round(fast_wall, 2),
+        "fast_test_acc": fast.get("test/acc"),
+        "fast_epochs": fast["epochs"],
+        "fast_reached_99": (fast.get("test/acc") or 0) >= THRESHOLD,
+        "examplesnet_wall_s": round(examples_wall, 2),
+        "examplesnet_epochs": ex["epochs"],
+        "examplesnet_epoch_cap": cap,
+        "examplesnet_epoch_s": [round(t, 2) for t in epoch_s],
+        "examplesnet_val_acc_best": ex.get("val/acc_best"),
+        "examplesnet_test_acc": ex.get("test/acc"),
+        "examplesnet_reached_99": reached,
+        "speedup": ratio(examples_wall, fast_wall),
+        "target_speedup": 15.0,
+        "hand_twoconv_epoch_s": hand,
+        "fast_over_3_hand_epochs": ratio(fast_wall, 3 * hand) if hand else None,
+        "target_fast_over_3_hand_epochs": 1.0,
+    }
+    print(f"  time_to_99: {out}", flush=True)
+    return out
+
+
+def matmul_flops(n: int, seconds: float) -> float:
+    """float32 FLOP/s of an n x n matrix product, repeated for about ``seconds``."""
+    dev = device()
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    a @ b
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+        if dev.type == "cuda":
+            sync()
+    sync()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def train_step_flops(model: str, batch: int) -> int:
+    """FLOPs of one training step (forward + backward) of ``model`` at ``batch``, as torch counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = build(model)
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(net(x), y).backward()
+    return counter.get_total_flops()
+
+
+def leg_flops(ctx: dict[str, Any], overhead: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
+    rows = [r for r in overhead if r["model"] == "twoconv"]
+    best = max(rows, key=lambda r: r["package_images_per_s"])
+    per_image = train_step_flops("twoconv", best["batch"]) / best["batch"]
+    achieved = per_image * best["package_images_per_s"]
+    peak = matmul_flops(1024 if quick else 2048, 0.5 if quick else 3.0)
+    out = {
+        "model": "twoconv",
+        "best_batch": best["batch"],
+        "train_flop_per_image": int(per_image),
+        "achieved_flop_per_s": round(achieved),
+        "matmul_flop_per_s": round(peak),
+        "fraction_of_matmul": round(achieved / peak, 4),
+    }
+    print(f"  flops: {out}", flush=True)
+    return out
+
+
+def heavy_imports(args: list[str], cwd: Path, root: Path) -> tuple[list[str], int, float]:
+    """Which of torch / lightning ``python -m mnist_lit ARGS`` imported (by -X importtime); exit, seconds."""
+    proc, wall, _ = cli(args, cwd, root, timeout=120, python_flags=["-X", "importtime"])
+    names = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    heavy = sorted(n for n in ("torch", "lightning", "pytorch_lightning") if n in names)
+    return heavy, proc.returncode, wall
+
+
+def leg_startup(ctx: dict[str, Any], overhead: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
+    """Best of ``repeats`` wall times per case (0: the import-checking run's own time, slightly slower)."""
+    cases = {
+        "help": ["--help"],
+        "cfg_job": ["--cfg", "job"],
+        "config_error": ["data.batch_size=0"],
+    }
+    out: dict[str, Any] = {}
+    for name, args in cases.items():
+        heavy, code, wall = heavy_imports(args, ctx["tmp"], ctx["root"])
+        times = [cli(args, ctx["tmp"], ctx["root"], timeout=120)[1] for _ in range(repeats)] or [wall]
+        out[name] = {
+            "seconds": round(min(times), 3),
+            "exit_code": code,
+            "expected_exit_code": 2 if name == "config_error" else 0,
+            "heavy_imports": heavy,
+            "target_s": 1.5,
+        }
+    out["first_training_step_s"] = min(r["first_step_s"] for r in overhead)
+    print(f"  startup: {out}", flush=True)
+    return out
+
+
+# ---- report ----------------------------------------------------------------------------------------------
+def table(res: dict[str, Any]) -> str:
+    lines = [
+        f"mnist_lit bench on {res['machine']['device']}, {res['machine']['threads']} threads"
+        + (" (quick: a few batches per leg, numbers not meaningful)" if res["quick"] else ""),
+        "",
+        "| leg | case | package | baseline | ratio | target | ratio per CPU-second |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in res["overhead"]:
+        lines.append(
+            f"| overhead | {r['model']} batch {r['batch']} ({r['train_batches']}) "
+            f"| {r['package_images_per_s']:,.0f} img/s "
+            f"| plain loop {r['plain_images_per_s']:,.0f} img/s | {r['ratio']} | >= {r['target']} "
+            f"| {r['cpu_ratio']} |"
+        )
+    s = res["seeds"]
+    lines.append(
+        f"| seeds pipeline | twoconv batch 64 | {s['package_images_per_s']:,.0f} img/s "
+        f"| torchvision+DataLoader {s['torchvision_loop_images_per_s']:,.0f} img/s | {s['ratio']} "
+        f"| >= {s['target']} |"
+    )
+    t = res["time_to_99"]
+    lines.append(
+        f"| time to 99% | experiment=fast vs examplesnet | {t['fast_wall_s']} s "
+        f"(test {t['fast_test_acc']:.4f}, {t['fast_epochs']} ep) | {t['examplesnet_wall_s']} s "
+        f"({t['examplesnet_epochs']} ep, val {t['examplesnet_val_acc_best']:.4f}) | {t['speedup']}x "
+        f"| >= {t['target_speedup']}x |"
+    )
+    if t["hand_twoconv_epoch_s"]:
+        lines.append(
+            f"| time to 99% | fast vs 3 hand-loop twoconv epochs | {t['fast_wall_s']} s "
+            f"| {3 * t['hand_twoconv_epoch_s']:.2f} s | {t['fast_over_3_hand_epochs']} | <= 1.0 |"
+        )
+    f = res["flops"]
+    lines.append(
+        f"| FLOP/s | twoconv batch {f['best_batch']} training | {f['achieved_flop_per_s'] / 1e9:.2f} GFLOP/s "
+        f"| matmul {f['matmul_flop_per_s'] / 1e9:.1f} GFLOP/s | {f['fraction_of_matmul']} | report |"
+    )
+    st = res["startup"]
+    for name in ("help", "cfg_job", "config_error"):
+        c = st[name]
+        heavy = ", ".join(c["heavy_imports"]) or "no torch/lightning"
+        lines.append(
+            f"| start-up | {name} (exit {c['exit_code']}) | {c['seconds']} s | {heavy} | "
+            f"| < {c['target_s']} s |"
+        )
+    first = st["first_training_step_s"]
+    lines.append(f"| start-up | process start to first training step | {first} s | | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a smoke run: every leg, a few batches")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results.json", help="JSON results file")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, everywhere")
+    p.add_argument(
+        "--data-root", type=Path, default=Path(os.environ.get("MNIST_ROOT", "data")), help="MNIST root"
+    )
+    p.add_argument(
+        "--override", action="append", default=[], help="KEY=VALUE for every package run (repeatable)"
+    )
+    p.add_argument("--resnet-batches", type=int, default=300, help="resnet's timed batches per run")
+    p.add_argument("--examples-epochs", type=int, default=2, help="cap on examplesnet's epochs to 99%%")
+    a = p.parse_args(argv)
+    if not (a.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        print(f"error: no MNIST/raw/ under --data-root {a.data_root} (or MNIST_ROOT)", file=sys.stderr)
+        return 2
+    torch.set_num_threads(a.threads)
+    PACKAGE_OVERRIDES[:] = a.override
+    x, y, train_idx = train_split(a.data_root)
+    limit = QUICK_BATCHES if a.quick else None
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mnist_lit_bench_") as tmp:
+        ctx: dict[str, Any] = {
+            "tmp": Path(tmp),
+            "root": a.data_root.resolve(),
+            "threads": a.threads,
+            "data": (x, y),
+            "train_idx": train_idx,
+            "examples_epochs": a.examples_epochs,
+            "resnet_batches": a.resnet_batches,
+        }
+        models = ["twoconv"] if a.quick else ["twoconv", "resnet"]
+        batches = [64] if a.quick else [64, 32]
+        overhead = leg_overhead(ctx, models, batches, limit)
+        hand = next(r for r in overhead if r["model"] == "twoconv" and r["batch"] == 64)
+        ctx["hand_twoconv_epoch_s"] = round(len(y) / hand["plain_images_per_s"], 2)
+        res: dict[str, Any] = {
+            "quick": a.quick,
+            "machine": {
+                "device": machine_name(),
+                "threads": a.threads,
+                "package_overrides": a.override,
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+            "overhead": overhead,
+            "seeds": leg_seeds(ctx, overhead, limit),
+            "time_to_99": leg_time_to_99(ctx, a.quick),
+            "flops": leg_flops(ctx, overhead, a.quick),
+            "startup": leg_startup(ctx, overhead, 0 if a.quick else 3),
+        }
+    res["bench_seconds"] = round(time.perf_counter() - started, 1)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=2) + "\n")
+    print()
+    print(table(res))
+    print(f"\nbench took {res['bench_seconds']} s; JSON: {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Speed plumbing: an epoch timer for metrics.json and a progress bar that redraws every N batches.
+
+The timer lets ``bench/bench.py`` (and users) read a run's training throughput from the run
+itself, measured the same way the benchmark measures its hand-written loops.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timestamp means the work before it is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class EpochTimer(Callback):
+    """Per training epoch: images and seconds over its batches after the first ``skip`` (warm-up).
+
+    Only training batches count: validation and checkpointing run after the last batch. The GPU
+    is synchronised twice per epoch, never per step. ``cpu_seconds`` (the process's CPU time over
+    the same span) gives a throughput that other programs sharing the cores disturb far less.
+    ``first_step_at`` is the wall-clock time (``time.time()``) at which the first training step
+    began, for start-up measurements.
+    """
+
+    def __init__(self, skip: int = 20) -> None:
+        self.skip = skip
+        self.epochs: list[dict[str, float]] = []
+        self.first_step_at: float | None = None
+        self._t0: float | None = None
+        self._cpu0 = 0.0
+        self._images = 0
+        self._last = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = None
+        self._images = 0
+        self._last = int(trainer.num_training_batches) - 1
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        skip = min(self.skip, self._last)  # a short epoch still times its last batch
+        if batch_idx > skip:
+            self._images += len(batch[1])
+        if batch_idx == skip or batch_idx == self._last:
+            _sync(pl_module.device)
+            now, cpu = time.perf_counter(), time.process_time()
+            if batch_idx == skip:
+                self._t0, self._cpu0 = now, cpu
+            if batch_idx == self._last and self._t0 is not None and self._images:
+                self.epochs.append(
+                    {"images": self._images, "seconds": now - self._t0, "cpu_seconds": cpu - self._cpu0}
+                )
+
+    def summary(self) -> dict[str, Any]:
+        """What metrics.json keeps: per-epoch throughput and the first step's wall-clock time."""
+        rates = [e["images"] / e["seconds"] for e in self.epochs if e["seconds"] > 0]
+        cpu_rates = [e["images"] / e["cpu_seconds"] for e in self.epochs if e["cpu_seconds"] > 0]
+        return {
+            "first_step_at": self.first_step_at,
+            "train_epochs": [{k: round(v, 4) for k, v in e.items()} for e in self.epochs],
+            "train_images_per_s": round(rates[-1], 1) if rates else None,
+            "train_images_per_cpu_s": round(cpu_rates[-1], 1) if cpu_rates else None,
+        }
+
+
+class SparseRichProgressBar(RichProgressBar):
+    """Lightning's rich bar, redrawn every ``refresh_rate`` training batches instead of every one.
+
+    Each redraw reads every progress-bar metric back from its tensor; for a network as small as
+    MNIST's that costs a noticeable share of a step.
+    """
+
+    def __init__(self, refresh_rate: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.every = max(1, refresh_rate)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if (batch_idx + 1) % self.every == 0 or batch_idx + 1 == trainer.num_training_batches:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+def progress_bar(refresh_rate: int) -> Callback:
+    """The progress bar Lightning would pick (rich when installed, else tqdm), redrawn every N batches."""
+    if _RICH_AVAILABLE:
+        return SparseRichProgressBar(refresh_rate=refresh_rate)
+    return TQDMProgressBar(refresh_rate=refresh_rate)

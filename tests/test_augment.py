@@ -1,0 +1,78 @@
+"""Batched augmentation: seeded, identity at zero strength, and only ever applied to training batches."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mnist_lit.augment import random_affine
+from mnist_lit.config import check_config
+from mnist_lit.data import MNISTDataModule
+from mnist_lit.errors import UserError
+
+MEAN, STD = 0.1307, 0.3081
+BACKGROUND = -MEAN / STD
+
+
+def digits(n: int = 8) -> torch.Tensor:
+    """A bright square on the normalised black background, off-centre so any motion shows."""
+    x = torch.full((n, 1, 28, 28), BACKGROUND)
+    x[:, :, 6:14, 8:20] = 2.8
+    return x
+
+
+def test_zero_strength_is_the_identity() -> None:
+    x = digits()
+    out = random_affine(x, degrees=0, translate=0, scale=(1.0, 1.0), fill=BACKGROUND)
+    assert torch.allclose(out, x, atol=1e-4)
+
+
+def test_each_image_moves_differently_and_the_border_stays_background() -> None:
+    torch.manual_seed(0)
+    x = digits()
+    out = random_affine(x, degrees=20, translate=0.15, fill=BACKGROUND)
+    assert out.shape == x.shape
+    assert not torch.allclose(out, x, atol=1e-3)
+    assert len({tuple(o.flatten().round(decimals=3).tolist()) for o in out}) == len(out)
+    corners = out[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]  # filled from outside the image
+    assert torch.allclose(corners, torch.full_like(corners, BACKGROUND), atol=1e-4)
+
+
+def test_same_seed_same_augmentation() -> None:
+    x = digits()
+    torch.manual_seed(3)
+    a = random_affine(x)
+    torch.manual_seed(3)
+    b = random_affine(x)
+    torch.manual_seed(4)
+    c = random_affine(x)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_only_training_batches_are_augmented(training: bool) -> None:
+    dm = MNISTDataModule(augment={"enabled": True, "degrees": 30.0, "translate": 0.2})
+    dm.trainer = SimpleNamespace(training=training)
+    raw = (digits() * STD + MEAN).mul(255).round().clamp(0, 255).squeeze(1).to(torch.uint8)
+    torch.manual_seed(0)
+    images, _ = dm.on_after_batch_transfer((raw, torch.zeros(len(raw), dtype=torch.long)), 0)
+    assert torch.equal(images, dm.normalize(raw)) != training
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"degrees": 200}, "data.augment.degrees=200"),
+        ({"translate": 0.9}, "data.augment.translate=0.9"),
+        ({"scale": [1.2, 0.8]}, "data.augment.scale"),
+        ({"enabled": "yes"}, "data.augment.enabled='yes'"),
+    ],
+)
+def test_out_of_range_settings_are_refused(override: dict, message: str) -> None:
+    augment = {"enabled": True, "degrees": 10.0, "translate": 0.1, "scale": [0.9, 1.1], **override}
+    cfg = OmegaConf.create({"data": {"augment": augment}})
+    with pytest.raises(UserError, match=message.replace("[", r"\[")):
+        check_config(cfg)
