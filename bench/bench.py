@@ -8,7 +8,9 @@
 Legs (each printed as a row and kept in the JSON):
   overhead    package throughput (images/s over a training epoch after warm-up, with its normal
               logging, TensorBoard, progress bar and checkpointing) / a plain loop in this file
-              with the same network, optimizer, schedule, batch size, in-memory data and threads
+              with the same network, optimizer, schedule, batch size, in-memory data and threads;
+              for twoconv also a bare LightningModule (forward and loss only, no logging or
+              callbacks) against the same loop: the share of the gap that is Lightning's own loop
   seeds       package / a plain loop fed by torchvision MNIST + ToTensor + Normalize via DataLoader
   time_to_99  whole-process wall time of ``experiment=fast`` against pytorch/examples' recipe
               (``experiment=examplesnet``) stopped at its first epoch with val/acc >= 99%
@@ -165,6 +167,65 @@ def plain_in_memory(
     return timed_epoch(net, batches(), steps)
 
 
+def bare_lightning(
+    model: str, batch: int, data: tuple[torch.Tensor, torch.Tensor], max_batches: int | None
+) -> dict[str, float]:
+    """The floor under any Lightning package: a LightningModule doing only forward and loss.
+
+    No logger, callbacks, metrics, progress bar or checkpoints; the same batches, optimizer and
+    schedule as the plain loop. Its ratio to the plain loop is what Lightning's training loop
+    itself costs per step on this machine, whatever a package built on it does.
+    """
+    import lightning as L
+
+    from mnist_lit.sampling import ResumableLoader
+
+    torch.manual_seed(SEED)
+    x_all, y_all = data
+    n = len(y_all)
+    steps = -(-n // batch) if max_batches is None else min(max_batches, -(-n // batch))
+    stamps: dict[str, float] = {}
+
+    class Bare(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build(model)
+
+        def training_step(self, b: tuple[torch.Tensor, torch.Tensor], i: int) -> torch.Tensor:
+            if i == WARMUP:
+                sync()
+                stamps["t0"], stamps["cpu0"] = time.perf_counter(), time.process_time()
+            x = ((b[0].float() / 255.0 - MEAN) / STD).unsqueeze(1)
+            return F.cross_entropy(self.net(x), b[1])
+
+        def on_train_epoch_end(self) -> None:
+            sync()
+            stamps["t1"], stamps["cpu1"] = time.perf_counter(), time.process_time()
+
+        def configure_optimizers(self) -> dict[str, Any]:
+            opt, sched = optimizer_for(self.net, steps)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=steps,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Bare(), ResumableLoader(x_all, y_all, batch, False, SEED))
+    # the first WARMUP batches are left out; the stamp at WARMUP is taken before that batch runs
+    images = min(n, steps * batch) - WARMUP * batch
+    seconds = stamps["t1"] - stamps["t0"]
+    return {
+        "images_per_s": round(images / seconds, 1),
+        "images_per_cpu_s": round(images / (stamps["cpu1"] - stamps["cpu0"]), 1),
+    }
+
+
 def plain_torchvision(
     model: str, batch: int, root: Path, train_idx: torch.Tensor, max_batches: int | None
 ) -> dict[str, float]:
@@ -253,6 +314,7 @@ def leg_overhead(
             pkg = metrics["timing"]["train_images_per_s"]
             pkg_cpu = metrics["timing"].get("train_images_per_cpu_s")
             plain = plain_in_memory(model, batch, ctx["data"], cap)
+            bare = bare_lightning(model, batch, ctx["data"], cap) if model == "twoconv" else None
             rows.append(
                 {
                     "model": model,
@@ -266,6 +328,9 @@ def leg_overhead(
                     "package_images_per_cpu_s": pkg_cpu,
                     "plain_images_per_cpu_s": plain["images_per_cpu_s"],
                     "cpu_ratio": ratio(pkg_cpu, plain["images_per_cpu_s"]),
+                    # Lightning's own loop, nothing else, against the same plain loop
+                    "bare_lightning_images_per_s": bare and bare["images_per_s"],
+                    "bare_lightning_ratio": bare and ratio(bare["images_per_s"], plain["images_per_s"]),
                     "package_wall_s": round(wall, 2),
                     "first_step_s": round(metrics["timing"]["first_step_at"] - started, 2),
                 }
@@ -303,6 +368,14 @@ def leg_time_to_99(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
     fast, fast_wall, _ = package_run(
         ["experiment=fast", threads, "accelerator=auto", *tiny], ctx["tmp"], ctx["root"], "fast"
     )
+    from omegaconf import OmegaConf
+
+    fast_cfg = OmegaConf.load(ctx["tmp"] / "fast" / ".hydra" / "config.yaml")
+    ctx["fast_run"] = {
+        "images_per_s": fast["timing"]["train_images_per_s"],
+        "batch": int(fast_cfg.data.batch_size),
+        "channels_last": bool(fast_cfg.channels_last),
+    }
     cap = 1 if quick else ctx["examples_epochs"]
     ex_args = [
         "experiment=examplesnet",
@@ -370,11 +443,22 @@ def train_step_flops(model: str, batch: int) -> int:
 
 
 def leg_flops(ctx: dict[str, Any], overhead: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
+    """Achieved training FLOP/s over a large matmul's: the default run's best batch, and fast's settings.
+
+    experiment=fast is where the cheap raises live (batch 256, channels_last); its throughput
+    comes from its own metrics.json, timed like every other package run.
+    """
     rows = [r for r in overhead if r["model"] == "twoconv"]
     best = max(rows, key=lambda r: r["package_images_per_s"])
     per_image = train_step_flops("twoconv", best["batch"]) / best["batch"]
     achieved = per_image * best["package_images_per_s"]
     peak = matmul_flops(1024 if quick else 2048, 0.5 if quick else 3.0)
+    fast = ctx.get("fast_run", {})
+    fast_rate = fast.get("images_per_s")
+    fast_batch = fast.get("batch")
+    fast_achieved = (
+        train_step_flops("twoconv", fast_batch) / fast_batch * fast_rate if fast_rate and fast_batch else None
+    )
     out = {
         "model": "twoconv",
         "best_batch": best["batch"],
@@ -382,6 +466,11 @@ def leg_flops(ctx: dict[str, Any], overhead: list[dict[str, Any]], quick: bool) 
         "achieved_flop_per_s": round(achieved),
         "matmul_flop_per_s": round(peak),
         "fraction_of_matmul": round(achieved / peak, 4),
+        "fast_batch": fast_batch,
+        "fast_channels_last": fast.get("channels_last"),
+        "fast_images_per_s": fast_rate,
+        "fast_achieved_flop_per_s": round(fast_achieved) if fast_achieved else None,
+        "fast_fraction_of_matmul": round(fast_achieved / peak, 4) if fast_achieved else None,
     }
     print(f"  flops: {out}", flush=True)
     return out
@@ -424,15 +513,16 @@ def table(res: dict[str, Any]) -> str:
         f"mnist_lit bench on {res['machine']['device']}, {res['machine']['threads']} threads"
         + (" (quick: a few batches per leg, numbers not meaningful)" if res["quick"] else ""),
         "",
-        "| leg | case | package | baseline | ratio | target | ratio per CPU-second |",
-        "|---|---|---|---|---|---|---|",
+        "| leg | case | package | baseline | ratio | target | ratio per CPU-second "
+        "| bare Lightning / plain |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in res["overhead"]:
         lines.append(
             f"| overhead | {r['model']} batch {r['batch']} ({r['train_batches']}) "
             f"| {r['package_images_per_s']:,.0f} img/s "
             f"| plain loop {r['plain_images_per_s']:,.0f} img/s | {r['ratio']} | >= {r['target']} "
-            f"| {r['cpu_ratio']} |"
+            f"| {r['cpu_ratio']} | {r.get('bare_lightning_ratio') or ''} |"
         )
     s = res["seeds"]
     lines.append(
@@ -457,6 +547,13 @@ def table(res: dict[str, Any]) -> str:
         f"| FLOP/s | twoconv batch {f['best_batch']} training | {f['achieved_flop_per_s'] / 1e9:.2f} GFLOP/s "
         f"| matmul {f['matmul_flop_per_s'] / 1e9:.1f} GFLOP/s | {f['fraction_of_matmul']} | report |"
     )
+    if f.get("fast_achieved_flop_per_s"):
+        layout = ", channels_last" if f["fast_channels_last"] else ""
+        lines.append(
+            f"| FLOP/s | twoconv experiment=fast (batch {f['fast_batch']}{layout}) "
+            f"| {f['fast_achieved_flop_per_s'] / 1e9:.2f} GFLOP/s "
+            f"| matmul {f['matmul_flop_per_s'] / 1e9:.1f} GFLOP/s | {f['fast_fraction_of_matmul']} | report |"
+        )
     st = res["startup"]
     for name in ("help", "cfg_job", "config_error"):
         c = st[name]

@@ -26,8 +26,12 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 log = logging.getLogger("mnist_lit")
 
 
-class EpochBatchSampler(Sampler[list[int]]):
-    """Index batches of a seeded per-epoch permutation; Lightning sets the epoch via ``set_epoch``."""
+class EpochBatchSampler(Sampler[torch.Tensor]):
+    """Index batches of a seeded per-epoch permutation; Lightning sets the epoch via ``set_epoch``.
+
+    Each batch is a slice of the permutation tensor, not a list of ints: indexing the image tensor
+    with it is one gather, without turning 64 Python ints back into a tensor every step.
+    """
 
     def __init__(
         self, n: int, batch_size: int, drop_last: bool, seed: int, done: Callable[[], int] | None = None
@@ -53,9 +57,9 @@ class EpochBatchSampler(Sampler[list[int]]):
             torch.randperm(self.n, generator=g)
         return torch.randperm(self.n, generator=g)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[torch.Tensor]:
         # the body runs at the first next(): after Lightning's set_epoch and its loop progress reset
-        perm = self.permutation(self.epoch).tolist()
+        perm = self.permutation(self.epoch)
         index = self.done() if self.done is not None else 0
         while index < len(self):
             batch = perm[index * self.batch_size : (index + 1) * self.batch_size]
