@@ -147,13 +147,22 @@ def timed_epoch(
 
 
 def plain_in_memory(
-    model: str, batch: int, data: tuple[torch.Tensor, torch.Tensor], max_batches: int | None
+    model: str,
+    batch: int,
+    data: tuple[torch.Tensor, torch.Tensor],
+    max_batches: int | None,
+    channels_last: bool = False,
 ) -> dict[str, float]:
-    """A hand-written loop over tensors in memory: shuffle, gather, normalise, step."""
+    """A hand-written loop over tensors in memory: shuffle, gather, normalise, step.
+
+    ``channels_last``: network and images in NHWC, as the package's ``channels_last=true`` runs.
+    """
     torch.manual_seed(SEED)
     dev = device()
     x_all, y_all = data[0].to(dev), data[1].to(dev)
     net = build(model).to(dev)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=layout)
     n = len(y_all)
     steps = -(-n // batch) if max_batches is None else min(max_batches, -(-n // batch))
 
@@ -162,7 +171,7 @@ def plain_in_memory(
         for i in range(steps):
             idx = perm[i * batch : (i + 1) * batch]
             x = ((x_all[idx].float() / 255.0 - MEAN) / STD).unsqueeze(1)
-            yield x, y_all[idx]
+            yield x.contiguous(memory_format=layout), y_all[idx]
 
     return timed_epoch(net, batches(), steps)
 
@@ -224,6 +233,16 @@ def bare_lightning(
         "images_per_s": round(images / seconds, 1),
         "images_per_cpu_s": round(images / (stamps["cpu1"] - stamps["cpu0"]), 1),
     }
+
+
+def bare_in_fresh_process(ctx: dict[str, Any], model: str, batch: int, cap: int | None) -> dict[str, float]:
+    """``bare_lightning`` in its own process, started like the package's runs are."""
+    cmd = [sys.executable, __file__, "--bare", model, str(batch), str(cap or 0)]
+    cmd += ["--threads", str(ctx["threads"]), "--data-root", str(ctx["root"])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bare Lightning run failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def plain_torchvision(
@@ -292,55 +311,70 @@ def leg_overhead(
     twoconv trains a full epoch; resnet (about 15x the compute per image) the first
     ``resnet_batches`` batches of one, so the whole bench stays within minutes on two cores.
     """
+    cases = [(model, batch, False) for model in models for batch in batches]
+    if limit is None:
+        # twoconv at 128 for the FLOP/s leg's best batch size (the targets are at 64 and 32), and at
+        # 64 in channels_last, the layout this CPU runs twoconv's convolutions fastest in
+        cases[len(batches) : len(batches)] = [("twoconv", 128, False), ("twoconv", 64, True)]
     rows = []
-    for model in models:
-        # twoconv also at 128, for the FLOP/s leg's best batch size (the targets are at 64 and 32)
-        for batch in [*batches, 128] if model == "twoconv" and limit is None else batches:
-            cap = limit if limit is not None else (ctx["resnet_batches"] if model == "resnet" else None)
-            args = [
-                f"model={model}",
-                "optim=adam",
-                "sched=onecycle",
-                f"data.batch_size={batch}",
-                "trainer.max_epochs=1",
-                f"threads={ctx['threads']}",
-                "accelerator=auto",
-            ]
-            if limit is not None:
-                args += QUICK_LIMITS
-            elif cap is not None:
-                args.append(f"trainer.limit_train_batches={cap}")
-            metrics, wall, started = package_run(args, ctx["tmp"], ctx["root"], f"{model}_b{batch}")
-            pkg = metrics["timing"]["train_images_per_s"]
-            pkg_cpu = metrics["timing"].get("train_images_per_cpu_s")
-            plain = plain_in_memory(model, batch, ctx["data"], cap)
-            bare = bare_lightning(model, batch, ctx["data"], cap) if model == "twoconv" else None
-            rows.append(
-                {
-                    "model": model,
-                    "batch": batch,
-                    "train_batches": cap or "epoch",
-                    "package_images_per_s": pkg,
-                    "plain_images_per_s": plain["images_per_s"],
-                    "ratio": ratio(pkg, plain["images_per_s"]),
-                    "target": 0.95,
-                    # per CPU-second: the same ratio, far less disturbed by other programs on the cores
-                    "package_images_per_cpu_s": pkg_cpu,
-                    "plain_images_per_cpu_s": plain["images_per_cpu_s"],
-                    "cpu_ratio": ratio(pkg_cpu, plain["images_per_cpu_s"]),
-                    # Lightning's own loop, nothing else, against the same plain loop
-                    "bare_lightning_images_per_s": bare and bare["images_per_s"],
-                    "bare_lightning_ratio": bare and ratio(bare["images_per_s"], plain["images_per_s"]),
-                    "package_wall_s": round(wall, 2),
-                    "first_step_s": round(metrics["timing"]["first_step_at"] - started, 2),
-                }
-            )
-            print(f"  overhead {model} b{batch}: {rows[-1]}", flush=True)
+    for model, batch, channels_last in cases:
+        cap = limit if limit is not None else (ctx["resnet_batches"] if model == "resnet" else None)
+        args = [
+            f"model={model}",
+            "optim=adam",
+            "sched=onecycle",
+            f"data.batch_size={batch}",
+            "trainer.max_epochs=1",
+            f"threads={ctx['threads']}",
+            "accelerator=auto",
+            f"channels_last={str(channels_last).lower()}",
+        ]
+        if limit is not None:
+            args += QUICK_LIMITS
+        elif cap is not None:
+            args.append(f"trainer.limit_train_batches={cap}")
+        name = f"{model}_b{batch}" + ("_cl" if channels_last else "")
+        metrics, wall, started = package_run(args, ctx["tmp"], ctx["root"], name)
+        pkg = metrics["timing"]["train_images_per_s"]
+        pkg_cpu = metrics["timing"].get("train_images_per_cpu_s")
+        plain = plain_in_memory(model, batch, ctx["data"], cap, channels_last)
+        bare = None if model != "twoconv" or channels_last else bare_in_fresh_process(ctx, model, batch, cap)
+        rows.append(
+            {
+                "model": model,
+                "batch": batch,
+                "channels_last": channels_last,
+                "train_batches": cap or "epoch",
+                "package_images_per_s": pkg,
+                "plain_images_per_s": plain["images_per_s"],
+                "ratio": ratio(pkg, plain["images_per_s"]),
+                "target": 0.95,
+                # per CPU-second: the same ratio, far less disturbed by other programs on the cores
+                "package_images_per_cpu_s": pkg_cpu,
+                "plain_images_per_cpu_s": plain["images_per_cpu_s"],
+                "cpu_ratio": ratio(pkg_cpu, plain["images_per_cpu_s"]),
+                # Lightning's own loop, nothing else, against the same plain loop
+                "bare_lightning_images_per_s": bare and bare["images_per_s"],
+                "bare_lightning_ratio": bare and ratio(bare["images_per_s"], plain["images_per_s"]),
+                "package_wall_s": round(wall, 2),
+                "first_step_s": round(metrics["timing"]["first_step_at"] - started, 2),
+            }
+        )
+        print(f"  overhead {name}: {rows[-1]}", flush=True)
     return rows
 
 
+def twoconv_row(
+    overhead: list[dict[str, Any]], batch: int, channels_last: bool = False
+) -> dict[str, Any] | None:
+    rows = [r for r in overhead if r["model"] == "twoconv" and r["batch"] == batch]
+    return next((r for r in rows if r["channels_last"] == channels_last), None)
+
+
 def leg_seeds(ctx: dict[str, Any], overhead: list[dict[str, Any]], limit: int | None) -> dict[str, Any]:
-    row = next(r for r in overhead if r["model"] == "twoconv" and r["batch"] == 64)
+    """The package at batch 64 (default layout, and channels_last when measured) / the reports' loop."""
+    row = twoconv_row(overhead, 64)
+    cl = twoconv_row(overhead, 64, channels_last=True)
     seeds = plain_torchvision("twoconv", 64, ctx["root"], ctx["train_idx"], limit)
     out = {
         "model": "twoconv",
@@ -349,6 +383,8 @@ def leg_seeds(ctx: dict[str, Any], overhead: list[dict[str, Any]], limit: int | 
         "torchvision_loop_images_per_s": seeds["images_per_s"],
         "ratio": ratio(row["package_images_per_s"], seeds["images_per_s"]),
         "target": 2.0,
+        "channels_last_package_images_per_s": cl and cl["package_images_per_s"],
+        "channels_last_ratio": cl and ratio(cl["package_images_per_s"], seeds["images_per_s"]),
     }
     print(f"  seeds: {out}", flush=True)
     return out
@@ -448,7 +484,7 @@ def leg_flops(ctx: dict[str, Any], overhead: list[dict[str, Any]], quick: bool) 
     experiment=fast is where the cheap raises live (batch 256, channels_last); its throughput
     comes from its own metrics.json, timed like every other package run.
     """
-    rows = [r for r in overhead if r["model"] == "twoconv"]
+    rows = [r for r in overhead if r["model"] == "twoconv" and not r["channels_last"]]
     best = max(rows, key=lambda r: r["package_images_per_s"])
     per_image = train_step_flops("twoconv", best["batch"]) / best["batch"]
     achieved = per_image * best["package_images_per_s"]
@@ -519,7 +555,8 @@ def table(res: dict[str, Any]) -> str:
     ]
     for r in res["overhead"]:
         lines.append(
-            f"| overhead | {r['model']} batch {r['batch']} ({r['train_batches']}) "
+            f"| overhead | {r['model']} batch {r['batch']}{', channels_last' if r['channels_last'] else ''} "
+            f"({r['train_batches']}) "
             f"| {r['package_images_per_s']:,.0f} img/s "
             f"| plain loop {r['plain_images_per_s']:,.0f} img/s | {r['ratio']} | >= {r['target']} "
             f"| {r['cpu_ratio']} | {r.get('bare_lightning_ratio') or ''} |"
@@ -530,6 +567,13 @@ def table(res: dict[str, Any]) -> str:
         f"| torchvision+DataLoader {s['torchvision_loop_images_per_s']:,.0f} img/s | {s['ratio']} "
         f"| >= {s['target']} |"
     )
+    if s.get("channels_last_ratio"):
+        lines.append(
+            f"| seeds pipeline | twoconv batch 64, package in channels_last "
+            f"| {s['channels_last_package_images_per_s']:,.0f} img/s "
+            f"| torchvision+DataLoader {s['torchvision_loop_images_per_s']:,.0f} img/s "
+            f"| {s['channels_last_ratio']} | >= {s['target']} |"
+        )
     t = res["time_to_99"]
     lines.append(
         f"| time to 99% | experiment=fast vs examplesnet | {t['fast_wall_s']} s "
@@ -579,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         "--override", action="append", default=[], help="KEY=VALUE for every package run (repeatable)"
     )
     p.add_argument("--resnet-batches", type=int, default=300, help="resnet's timed batches per run")
-    p.add_argument("--examples-epochs", type=int, default=2, help="cap on examplesnet's epochs to 99%%")
+    p.add_argument("--examples-epochs", type=int, default=6, help="cap on examplesnet's epochs to 99%%")
+    p.add_argument("--bare", nargs=3, metavar=("MODEL", "BATCH", "BATCHES"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if not (a.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         print(f"error: no MNIST/raw/ under --data-root {a.data_root} (or MNIST_ROOT)", file=sys.stderr)
@@ -587,6 +632,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     PACKAGE_OVERRIDES[:] = a.override
     x, y, train_idx = train_split(a.data_root)
+    if a.bare:  # one bare-Lightning measurement, for bare_in_fresh_process: JSON on the last line
+        model, batch, batches = a.bare[0], int(a.bare[1]), int(a.bare[2]) or None
+        print(json.dumps(bare_lightning(model, batch, (x, y), batches)))
+        return 0
     limit = QUICK_BATCHES if a.quick else None
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mnist_lit_bench_") as tmp:
@@ -602,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         models = ["twoconv"] if a.quick else ["twoconv", "resnet"]
         batches = [64] if a.quick else [64, 32]
         overhead = leg_overhead(ctx, models, batches, limit)
-        hand = next(r for r in overhead if r["model"] == "twoconv" and r["batch"] == 64)
+        hand = twoconv_row(overhead, 64)
         ctx["hand_twoconv_epoch_s"] = round(len(y) / hand["plain_images_per_s"], 2)
         res: dict[str, Any] = {
             "quick": a.quick,
