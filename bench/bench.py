@@ -288,14 +288,37 @@ def cli(
     return proc, time.perf_counter() - t0, started
 
 
-def package_run(args: list[str], cwd: Path, root: Path, name: str) -> tuple[dict[str, Any], float, float]:
-    """A package run into cwd/name; (its metrics.json, whole-process wall seconds, start time)."""
+def package_run(
+    args: list[str], cwd: Path, root: Path, name: str, timeout: float = 1800
+) -> tuple[dict[str, Any], float, float, float | None]:
+    """A package run into cwd/name, as a user starts it.
+
+    Returns its metrics.json, the whole-process wall seconds (shell to exit), the start time
+    (``time.time()``), and the seconds from the shell to the first printed line that shows the
+    test accuracy (None if none did): the process's output is read as it comes.
+    """
     run_dir = cwd / name
-    proc, wall, started = cli([*args, *PACKAGE_OVERRIDES, f"hydra.run.dir={run_dir}"], cwd, root)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
-        raise RuntimeError(f"python -m mnist_lit {' '.join(args)} failed ({proc.returncode}):\n{tail}")
-    return json.loads((run_dir / "metrics.json").read_text()), wall, started
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["MNIST_ROOT"] = str(root)
+    cmd = [sys.executable, "-m", "mnist_lit", *args, *PACKAGE_OVERRIDES, f"hydra.run.dir={run_dir}"]
+    started = time.time()
+    t0 = time.perf_counter()
+    printed = None
+    lines: list[str] = []
+    with subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if printed is None and "test/acc" in line:
+                printed = time.perf_counter() - t0
+            lines.append(line)
+        code = proc.wait(timeout=timeout)
+    wall = time.perf_counter() - t0
+    if code != 0:
+        tail = "".join(lines[-25:])
+        raise RuntimeError(f"python -m mnist_lit {' '.join(args)} failed ({code}):\n{tail}")
+    return json.loads((run_dir / "metrics.json").read_text()), wall, started, printed
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -334,7 +357,7 @@ def leg_overhead(
         elif cap is not None:
             args.append(f"trainer.limit_train_batches={cap}")
         name = f"{model}_b{batch}" + ("_cl" if channels_last else "")
-        metrics, wall, started = package_run(args, ctx["tmp"], ctx["root"], name)
+        metrics, wall, started, _ = package_run(args, ctx["tmp"], ctx["root"], name)
         pkg = metrics["timing"]["train_images_per_s"]
         pkg_cpu = metrics["timing"].get("train_images_per_cpu_s")
         plain = plain_in_memory(model, batch, ctx["data"], cap, channels_last)
@@ -393,15 +416,15 @@ def leg_seeds(ctx: dict[str, Any], overhead: list[dict[str, Any]], limit: int | 
 def leg_time_to_99(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
     """fast's whole process vs examplesnet's recipe run until its first epoch at val/acc >= 99%.
 
-    Both are whole processes, shell to printed test accuracy. The recipe's leg stops at the first
-    epoch whose validation accuracy reaches 99% (Lightning's EarlyStopping stopping_threshold),
-    capped at ``examples_epochs`` epochs to stay affordable: Adadelta lr 1.0 usually gets there
-    in its first. If the cap stops it first, ``examplesnet_reached_99`` says false and its wall
-    time is a lower bound.
+    Both are whole processes, timed from the shell to the printed test accuracy (and to exit).
+    The recipe's leg stops at the first epoch whose validation accuracy reaches 99% (Lightning's
+    EarlyStopping stopping_threshold), capped at ``examples_epochs`` epochs to stay affordable
+    (on 55,000 training images it got there in its 5th epoch here). If the cap stops it first,
+    ``examplesnet_reached_99`` says false and its time is a lower bound.
     """
     tiny = QUICK_LIMITS if quick else []
     threads = f"threads={ctx['threads']}"
-    fast, fast_wall, _ = package_run(
+    fast, fast_wall, _, fast_printed = package_run(
         ["experiment=fast", threads, "accelerator=auto", *tiny], ctx["tmp"], ctx["root"], "fast"
     )
     from omegaconf import OmegaConf
@@ -423,28 +446,33 @@ def leg_time_to_99(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
         f"early_stopping.stopping_threshold={THRESHOLD - 1e-4}",
         *tiny,
     ]
-    ex, ex_wall, _ = package_run(ex_args, ctx["tmp"], ctx["root"], "examplesnet")
+    ex, ex_wall, _, ex_printed = package_run(ex_args, ctx["tmp"], ctx["root"], "examplesnet")
     reached = (ex.get("val/acc_best") or 0) >= THRESHOLD
     # training seconds per epoch of its 55,000 images (timed after warm-up, scaled to the epoch)
     epoch_s = [e["seconds"] * 55_000 / e["images"] for e in ex["timing"]["train_epochs"]]
-    examples_wall = ex_wall
     hand = ctx.get("hand_twoconv_epoch_s")
+    # the issue's measure: shell to the printed test accuracy; the process then still takes about
+    # a second to exit (Python unloading torch and Lightning), kept in *_exit_s
+    fast_s = fast_printed or fast_wall
+    ex_s = ex_printed or ex_wall
     out = {
-        "fast_wall_s": round(fast_wall, 2),
+        "fast_wall_s": round(fast_s, 2),
+        "fast_exit_s": round(fast_wall, 2),
         "fast_test_acc": fast.get("test/acc"),
         "fast_epochs": fast["epochs"],
         "fast_reached_99": (fast.get("test/acc") or 0) >= THRESHOLD,
-        "examplesnet_wall_s": round(examples_wall, 2),
+        "examplesnet_wall_s": round(ex_s, 2),
+        "examplesnet_exit_s": round(ex_wall, 2),
         "examplesnet_epochs": ex["epochs"],
         "examplesnet_epoch_cap": cap,
         "examplesnet_epoch_s": [round(t, 2) for t in epoch_s],
         "examplesnet_val_acc_best": ex.get("val/acc_best"),
         "examplesnet_test_acc": ex.get("test/acc"),
         "examplesnet_reached_99": reached,
-        "speedup": ratio(examples_wall, fast_wall),
+        "speedup": ratio(ex_s, fast_s),
         "target_speedup": 15.0,
         "hand_twoconv_epoch_s": hand,
-        "fast_over_3_hand_epochs": ratio(fast_wall, 3 * hand) if hand else None,
+        "fast_over_3_hand_epochs": ratio(fast_s, 3 * hand) if hand else None,
         "target_fast_over_3_hand_epochs": 1.0,
     }
     print(f"  time_to_99: {out}", flush=True)
@@ -576,10 +604,14 @@ def table(res: dict[str, Any]) -> str:
         )
     t = res["time_to_99"]
     lines.append(
-        f"| time to 99% | experiment=fast vs examplesnet | {t['fast_wall_s']} s "
+        f"| time to 99% (shell to printed test acc) | experiment=fast vs examplesnet | {t['fast_wall_s']} s "
         f"(test {t['fast_test_acc']:.4f}, {t['fast_epochs']} ep) | {t['examplesnet_wall_s']} s "
         f"({t['examplesnet_epochs']} ep, val {t['examplesnet_val_acc_best']:.4f}) | {t['speedup']}x "
         f"| >= {t['target_speedup']}x |"
+    )
+    lines.append(
+        f"| time to 99% (shell to process exit) | experiment=fast vs examplesnet | {t['fast_exit_s']} s "
+        f"| {t['examplesnet_exit_s']} s | {ratio(t['examplesnet_exit_s'], t['fast_exit_s'])}x | |"
     )
     if t["hand_twoconv_epoch_s"]:
         lines.append(

@@ -27,6 +27,8 @@ OVERHEAD_KEYS = {
 SEEDS_KEYS = {"model", "batch", "package_images_per_s", "torchvision_loop_images_per_s", "ratio", "target"}
 TIME_TO_99_KEYS = {
     "fast_wall_s",
+    "fast_exit_s",
+    "examplesnet_exit_s",
     "fast_test_acc",
     "fast_epochs",
     "fast_reached_99",
