@@ -44,7 +44,7 @@ def run(cfg: DictConfig) -> float | None:
             return None
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.error("%s", err)
+        log_to_file(err)  # the run's log keeps the reason; the console gets it once, on stderr
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except Exception as err:
@@ -54,6 +54,14 @@ def run(cfg: DictConfig) -> float | None:
         log.exception("job failed: %s", one_line(err))
         return None
     return metrics.get("val/acc_best")
+
+
+def log_to_file(err: UserError) -> None:
+    """Write the error into the run's log file only (Hydra's console handler would repeat it)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (err,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def main() -> None:

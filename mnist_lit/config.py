@@ -10,6 +10,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -119,11 +120,31 @@ def check_config(cfg: DictConfig) -> None:
             raise UserError(f"{key}={value!r} is not allowed: use {what}")
 
 
-def check_overrides(argv: list[str]) -> None:
-    """Reject an override with no key (``=5``), which Hydra would answer with a traceback."""
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Reject an override with no key (``=5``), which Hydra would answer with a traceback, and an
+    unknown option of one of our config groups (``model=nope``), in one line that lists the options.
+    """
     for arg in argv:
-        if not arg.startswith("-") and "=" in arg and not arg.split("=", 1)[0].lstrip("+~"):
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if not key:
             raise UserError(f"override {arg!r} has no key: write KEY=VALUE, e.g. optim.lr=0.01")
+        group = conf_dir / key
+        if "/" in key or "." in key or not group.is_dir():
+            continue  # a value, or a group of Hydra's own (hydra/launcher=...): Hydra checks those
+        if any(c in value for c in "()[]{}$*"):
+            continue  # sweep syntax (choice(...), range(...), glob(...)) or an interpolation
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        for choice in value.split(","):
+            if choice.strip() not in (*options, "null", ""):
+                raise UserError(
+                    f"{key}={choice.strip()} is not an option of {key}: use one of {', '.join(options)}"
+                )
 
 
 def check_gpu(cfg: DictConfig) -> None:

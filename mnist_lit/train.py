@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +124,29 @@ def scalars(trainer: L.Trainer, *names: str) -> dict[str, float]:
 
 
 def route_lightning_logs() -> None:
-    """Let Lightning's messages reach Hydra's console and log-file handlers once, not twice."""
+    """Let Lightning's messages reach Hydra's console and log-file handlers once, not twice.
+
+    Also drops messages that say nothing about the run: Lightning's advertisement for its
+    cloud logger, and the two warnings it gives every fresh ``fit`` when an OnExceptionCheckpoint
+    (the interruption checkpoint, mnist_lit/guards.py) is present: it then looks for a "last"
+    checkpoint to resume, which a new run folder never has (a resume passes its own ckpt_path).
+    """
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("lightning"):
             logging.getLogger(name).handlers.clear()
             logging.getLogger(name).propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdverts) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoAdverts())
+    warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
+    warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last')
+    # Lightning 2.6 on torch 2.15 asks a deprecated pytree question on every fit; nothing to act on
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
 
 
 def build_model(cfg: DictConfig) -> Classifier:

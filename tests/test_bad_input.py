@@ -18,8 +18,10 @@ import pytest
 CASES: list[tuple[list[str], list[str]]] = [
     # unknown options and names
     (["--foo"], ["unrecognized arguments: --foo"]),
-    (["model=nope"], ["Could not find 'model/nope'", "oneconv"]),
-    (["optim=lbfgs"], ["Could not find 'optim/lbfgs'"]),
+    (["model=nope"], ["model=nope is not an option of model: use one of", "oneconv"]),
+    (["optim=lbfgs"], ["optim=lbfgs is not an option of optim", "adadelta, adam, adamw, nadam, sgd"]),
+    (["-m", "model=twoconv,nope"], ["model=nope is not an option of model"]),
+    (["experiment=report000"], ["experiment=report000 is not an option of experiment", "report000_lr_wd"]),
     (["hydra/launcher=nope"], ["Could not find 'hydra/launcher/nope'", "joblib"]),
     (["optim.lrr=0.1"], ["Key 'lrr' is not in struct", "optim.lrr"]),
     (["trainer.max_epoch=3"], ["Key 'max_epoch' is not in struct", "trainer.max_epoch"]),
