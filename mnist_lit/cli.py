@@ -14,11 +14,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lit.config import _integer, positive_int
+from mnist_lit.config import _integer, check_rules, positive_int
 from mnist_lit.errors import UserError
 
 Rules = dict[str, tuple[Callable[[Any], bool], str]]
-_MISSING = object()
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -40,17 +39,7 @@ COMMON: Rules = {
 
 def check(cfg: DictConfig, rules: Rules) -> None:
     """Raise UserError on the first missing required value or value out of its allowed range."""
-    for key, (allowed, what) in rules.items():
-        try:
-            value = OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=True)
-        except Exception as err:  # a required value (???) left unset
-            raise UserError(f"{key} is required: set it on the command line ({key}=...)") from err
-        if value is _MISSING:
-            continue
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value, resolve=True)
-        if not allowed(value):
-            raise UserError(f"{key}={value!r} is not allowed: use {what}")
+    check_rules(cfg, rules)
 
 
 def int_list(lo: int, hi: int) -> Callable[[Any], bool]:

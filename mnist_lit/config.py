@@ -108,14 +108,21 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise UserError on the first value out of its allowed range or of the wrong type."""
-    for key, (allowed, what) in RULES.items():
+    """Raise UserError on the first training value out of its allowed range or of the wrong type."""
+    check_rules(cfg, RULES)
+
+
+def check_rules(cfg: DictConfig, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
+    """Raise UserError on the first missing required value or value out of its allowed range."""
+    for key, (allowed, what) in rules.items():
         try:
             value = OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=True)
         except Exception as err:  # a required value (???) left unset
             raise UserError(f"{key} is required: set it on the command line ({key}=...)") from err
         if value is _MISSING:
             continue
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
         if not allowed(value):
             raise UserError(f"{key}={value!r} is not allowed: use {what}")
 

@@ -12,11 +12,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 import signal
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +27,7 @@ from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lit.errors import UserError
-from mnist_lit.rundir import newest
+from mnist_lit.rundir import newest, write_probe
 
 log = logging.getLogger("mnist_lit")
 
@@ -177,14 +175,7 @@ def checkpoint_bytes(model: torch.nn.Module, optimizer_slots: int = 2) -> int:
 def check_writable(out_dir: Path, need_bytes: int) -> None:
     """Fail before training if ``out_dir`` cannot take a file, or has less room than a run needs."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=out_dir)
-        try:
-            os.write(fd, b"\0" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
+        write_probe(out_dir)
     except OSError as err:
         raise UserError(
             f"output directory {out_dir} is not writable ({err.strerror or err}): "

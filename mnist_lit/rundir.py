@@ -132,17 +132,22 @@ def fail(message: str) -> None:
     sys.exit(UserError.exit_code)
 
 
+def write_probe(folder: Path) -> None:
+    """Create ``folder`` and write, sync and delete a small file in it; OSError if any step fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)  # unique, even across threads
+    try:
+        os.write(fd, b"\0" * 4096)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
 def check_room(folder: Path, what: str) -> None:
     """Create ``folder`` and make sure a file can be written there and some space is left."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)  # unique, even across threads
-        try:
-            os.write(fd, b"\0" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
+        write_probe(folder)
     except OSError as err:
         reason = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
         fail(
