@@ -15,6 +15,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
+from mnist_lit.cli import quote_paths
 from mnist_lit.config import check_config, check_gpu, check_overrides
 from mnist_lit.errors import UserError
 from mnist_lit.rundir import resume_argv, started
@@ -73,7 +74,7 @@ def main() -> None:
     """
     try:
         check_overrides(sys.argv[1:])
-        sys.argv[1:] = resume_argv(sys.argv[1:])
+        sys.argv[1:] = resume_argv(quote_paths(sys.argv[1:], keys=("ckpt_path",)))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

@@ -42,6 +42,26 @@ def check(cfg: DictConfig, rules: Rules) -> None:
     check_rules(cfg, rules)
 
 
+PATH_KEYS = ("ckpt", "images", "out", "preview")
+
+
+def quote_paths(argv: list[str], keys: tuple[str, ...] = PATH_KEYS) -> list[str]:
+    """Path arguments as typed, even with ``=`` or ``,`` in them (as sweep job folders have).
+
+    Hydra's override grammar would otherwise split ``ckpt=outputs/sweeps/.../0_optim.lr=0.01``;
+    a value already quoted, or a list (``images=[a.png,b.png]``), is left as it is.
+    """
+    from mnist_lit.rundir import quote
+
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in keys and value and value[0] not in "'\"[":
+            arg = f"{key}={quote(value)}"
+        out.append(arg)
+    return out
+
+
 def int_list(lo: int, hi: int) -> Callable[[Any], bool]:
     """A non-empty list of integers in lo..hi."""
     return lambda x: isinstance(x, list) and bool(x) and all(_integer(v) and lo <= v <= hi for v in x)

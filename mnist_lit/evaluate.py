@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +24,11 @@ from mnist_lit.cli import (
     int_list,
     model_override,
     optional_positive_int,
+    quote_paths,
     torch_device,
     user_errors,
 )
+from mnist_lit.config import _integer
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 RULES = {
     **COMMON,
     "limit": (optional_positive_int, "null or an integer >= 1 (test images)"),
+    "skip": (lambda x: _integer(x) and 0 <= x < 10_000, "an integer in 0..9999 (test images)"),
     "batch_size": (optional_positive_int, "null or an integer >= 1"),
     "out": (lambda x: x is None or (isinstance(x, str) and x != ""), "null or a folder path"),
     "robustness.enabled": (lambda x: isinstance(x, bool), "true or false"),
@@ -169,15 +173,17 @@ def print_tables(result: dict[str, Any]) -> None:
     test, run = result["test"], result.get("run") or {}
     print(f"checkpoint   {result['checkpoint']}")
     print(f"architecture {result['architecture']}")
-    print(f"test images  {test['images']}")
+    first = test.get("first_image", 0)
+    print(f"test images  {test['images']}" + (f" (from image {first} on)" if first else ""))
     print(f"test/acc     {test['acc']:.4f}")
     print(f"test/loss    {test['loss']:.4f}")
     if run.get("test/acc") is not None:
-        same = (
-            "the same images"
-            if run["test_images"] == test["images"]
-            else f"limit={run['test_images']} to compare"
-        )
+        if first:
+            same = "skip=0 to compare"
+        elif run["test_images"] == test["images"]:
+            same = "the same images"
+        else:
+            same = f"limit={run['test_images']} to compare"
         print(
             f"run's own test/acc {run['test/acc']:.4f} on its first {run['test_images']} test images "
             f"(its metrics.json; {same})"
@@ -211,13 +217,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_data = model.config.get("data", {})
     root = cfg.data.root or run_data.get("root") or "data"
     images, labels = load_mnist(root, train=False, download=bool(run_data.get("download", False)))
+    skip = int(cfg.get("skip") or 0)
+    images, labels = images[skip:], labels[skip:]
     if cfg.limit:
         images, labels = images[: cfg.limit], labels[: cfg.limit]
     evaluator = Evaluator(model, device, cfg.batch_size or int(run_data.get("eval_batch_size", 1000)))
     result: dict[str, Any] = {
         "checkpoint": str(model.path),
         "architecture": model.architecture,
-        "test": evaluator.report(images, labels),
+        "test": {"first_image": skip, **evaluator.report(images, labels)},
         "run": {"test/acc": run_test_acc(model.run_dir), "test_images": run_test_images(model.config)},
     }
     if cfg.robustness.enabled:
@@ -267,4 +275,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_paths(sys.argv[1:])
     main()

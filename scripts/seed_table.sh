@@ -2,7 +2,9 @@
 # Rerun every seed recipe preset and print the "reported in the seed vs measured here" table.
 #
 #   scripts/seed_table.sh [OUT_DIR]        CPU budget: the epochs and seeds listed below (about 1 hour on one core)
-#   FULL=1 scripts/seed_table.sh [OUT_DIR] each preset's own epoch count (the seeds' full recipes)
+#   FULL=1 scripts/seed_table.sh [OUT_DIR] each preset's own epoch count (the seeds' full recipes),
+#                                          into OUT_DIR/<preset>_full
+#   SEEDS=1 ...                            only these seeds, for every preset
 #   PRESETS="convnet sepconv" scripts/seed_table.sh [OUT_DIR]   only these presets (the table covers all in OUT_DIR)
 #
 # Runs one preset after another, each as a Hydra multirun over its seeds with one torch thread, so it
@@ -30,11 +32,13 @@ while read -r preset epochs seeds; do
     [ -z "$preset" ] && continue
     case " ${PRESETS:-$preset} " in *" $preset "*) ;; *) continue ;; esac
     epoch_arg="trainer.max_epochs=$epochs"
-    [ "${FULL:-0}" = 1 ] && epoch_arg=""
+    dir="$OUT/$preset"
+    if [ "${FULL:-0}" = 1 ]; then epoch_arg=""; dir="$OUT/${preset}_full"; fi
+    seeds=${SEEDS:-$seeds}
     echo "== $(date +%T) $preset epochs=${epoch_arg#trainer.max_epochs=} seeds=$seeds"
     # shellcheck disable=SC2086
     "$PYTHON" -m mnist_lit -m "experiment=$preset" "seed=$seeds" $epoch_arg threads=1 \
-        trainer.enable_progress_bar=false "hydra.sweep.dir=$OUT/$preset" ${ARGS:-} || failed=1
+        trainer.enable_progress_bar=false "hydra.sweep.dir=$dir" ${ARGS:-} || failed=1
 done <<< "$RECIPES"
 
 "$PYTHON" -m mnist_lit.report --seed-table "$OUT"
