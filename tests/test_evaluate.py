@@ -150,3 +150,31 @@ def test_missing_and_bad_arguments(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "robustness.shifts=[0, 2] is not allowed" in bad.stderr
     with pytest.raises(UserError, match="no such file or directory"):
         load_for_inference(tmp_path / "no" / "such" / "run")
+
+
+def test_skip_evaluates_a_later_part_of_the_test_set_from_a_folder_named_like_a_sweep_job(
+    trained_run: Path, mnist_root: Path, tmp_path: Path
+) -> None:
+    job = tmp_path / "0_optim.lr=0.01,seed=2"  # sweep job folders hold = and ,
+    shutil.copytree(trained_run, job)
+    result = run_cli(
+        f"ckpt={job}", "skip=9900", "robustness.enabled=false", f"out={tmp_path / 'ev'}", "threads=1",
+        cwd=tmp_path, mnist_root=mnist_root, module="mnist_lit.evaluate",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert report["test"]["images"] == 100 and report["test"]["first_image"] == 9900
+    assert "100 (from image 9900 on)" in result.stdout
+
+
+def test_path_arguments_are_quoted_for_hydra() -> None:
+    from mnist_lit.cli import quote_paths
+
+    args = ["ckpt=out/0_a=1,b=2", "images=[a.png,b.png]", "out='x=y'", "limit=5", "ckpt=plain/path"]
+    assert quote_paths(args) == [
+        "ckpt='out/0_a=1,b=2'",
+        "images=[a.png,b.png]",
+        "out='x=y'",
+        "limit=5",
+        "ckpt=plain/path",
+    ]
