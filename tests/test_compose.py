@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,14 @@ def make(overrides: list[str]) -> DictConfig:
     return compose(config_name="config", overrides=overrides)
 
 
+def assert_loads_as_weights_only(state: dict) -> None:
+    """What goes into every checkpoint must load back with torch.load(weights_only=True)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)
+
+
 def test_groups_offer_the_documented_options() -> None:
     assert options("model") == sorted(
         ["oneconv", "twoconv", "resnet", "tutorialnet", "convnet", "sepconv", "bnconvnet", "examplesnet"]
@@ -55,11 +64,13 @@ def test_every_option_composes_and_passes_checks(hydra_conf: None, group: str, o
         assert {"lr", "weight_decay"} <= set(cfg.optim)
         opt = instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(3))])
         assert opt.param_groups[0]["lr"] == cfg.optim.lr
+        assert_loads_as_weights_only(opt.state_dict())
     if group == "sched":
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
         kwargs = {"total_steps": 20, "steps_per_epoch": 10} if cfg.sched.interval == "step" else {}
         sched = instantiate(cfg.sched.scheduler)(opt, **kwargs)
         assert isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
+        assert_loads_as_weights_only({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
     if group == "accelerator":
         assert {"accelerator", "devices", "precision"} <= set(cfg.trainer)
 
