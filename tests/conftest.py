@@ -6,11 +6,18 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+import mnist_lit
 
 REPO = Path(__file__).resolve().parents[1]
+# the configs as the installed package ships them
+CONF = Path(mnist_lit.__file__).resolve().parent / "conf"
 # CI and `make test` use the copy beside the repository unless MNIST_ROOT says otherwise
 DEFAULT_MNIST_ROOT = REPO.parent / "shared" / "mnist"
 
@@ -24,6 +31,15 @@ TINY = [
     "trainer.enable_model_summary=false",
     "trainer.num_sanity_val_steps=0",
 ]
+
+
+@pytest.fixture(scope="module")
+def hydra_conf() -> Iterator[None]:
+    """Hydra initialised on the package's configs, for compose() in a test module."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import TINY, read_metrics, run_cli, run_dirs
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -155,14 +153,6 @@ def test_optuna_preset_runs_trials(tmp_path: Path, mnist_root: Path) -> None:
     assert set(best.best_params) == searched
     top = max(float(r["val/acc_best"]) for r in rows if r["status"] == "completed")
     assert math.isclose(best.best_value, top, abs_tol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def hydra_conf() -> Iterator[None]:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 def test_slurm_launcher_and_ddp_compose(hydra_conf: None) -> None:
