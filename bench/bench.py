@@ -269,12 +269,18 @@ def plain_torchvision(
     return timed_epoch(net, batches(), steps)
 
 
+def user_env(root: Path) -> dict[str, str]:
+    """The environment a user's shell gives the package: MNIST_ROOT set, no HYDRA_FULL_ERROR."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["MNIST_ROOT"] = str(root)
+    return env
+
+
 def cli(
     args: list[str], cwd: Path, root: Path, timeout: float = 900, python_flags: list[str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], float, float]:
     """``python -m mnist_lit ARGS`` in a fresh process: (result, wall seconds, start time.time())."""
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["MNIST_ROOT"] = str(root)
+    env = user_env(root)
     started = time.time()
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -298,8 +304,7 @@ def package_run(
     test accuracy (None if none did): the process's output is read as it comes.
     """
     run_dir = cwd / name
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["MNIST_ROOT"] = str(root)
+    env = user_env(root)
     cmd = [sys.executable, "-m", "mnist_lit", *args, *PACKAGE_OVERRIDES, f"hydra.run.dir={run_dir}"]
     started = time.time()
     t0 = time.perf_counter()

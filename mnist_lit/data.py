@@ -20,13 +20,8 @@ from mnist_lit import integrity
 from mnist_lit.errors import UserError
 from mnist_lit.sampling import ResumableLoader
 
-RAW_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-TRAIN_SIZE = 60_000
+# the four files torchvision's MNIST(root) reads from root/MNIST/raw/
+RAW_FILES = tuple(f.name for f in integrity.RAW_FILES)
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,29 +32,26 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
-def load_mnist(
-    root: str | Path, train: bool, download: bool = True, verify: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 [N,28,28], labels int64 [N]) via torchvision, or a UserError naming the files.
+def ensure_mnist(root: str | Path, download: bool = True, verify: bool = True) -> Path:
+    """The four raw files under ``root`` (downloaded there if absent and allowed), or a UserError.
 
-    With ``verify`` (always, for training) the raw files must be the official MNIST, byte for byte
-    (mnist_lit/integrity.py); only a caller reading its own IDX files turns that off.
+    With ``verify`` (always, for training) they must be the official MNIST, byte for byte
+    (mnist_lit/integrity.py); only a caller reading its own IDX files turns that off. Nothing is
+    parsed here, so a DataModule's prepare_data costs no second read of the images.
     """
     from torchvision.datasets import MNIST
 
     root = Path(root).expanduser()
-    if verify and all((integrity.raw_dir(root) / f.name).exists() for f in integrity.RAW_FILES):
-        integrity.check_raw_files(root)  # never let torchvision read a damaged file
-    try:
-        ds = MNIST(str(root), train=train, download=False)
-    except RuntimeError:
-        ds = None
-        if download:
-            try:
-                ds = MNIST(str(root), train=train, download=True)
-            except Exception:  # no network, or a mirror refused: report the files instead
-                ds = None
-    if ds is None:
+
+    def present() -> bool:
+        return all((integrity.raw_dir(root) / name).exists() for name in RAW_FILES)
+
+    if not present() and download:
+        try:
+            MNIST(str(root), train=True, download=True)  # fetches all four files
+        except Exception:  # no network, or a mirror refused: report the files instead
+            pass
+    if not present():
         files = ", ".join(RAW_FILES)
         raise UserError(
             f"MNIST not found under data.root={str(root)!r} (looked in {root / 'MNIST' / 'raw'}) "
@@ -67,8 +59,18 @@ def load_mnist(
             "Point data.root=PATH (or the environment variable MNIST_ROOT) at a folder "
             "holding MNIST/raw/ with those files."
         )
-    if verify:  # a fresh download is checked too (cached when already verified)
+    if verify:  # never let torchvision read a damaged file (each file is hashed once per process)
         integrity.check_raw_files(root)
+    return root
+
+
+def load_mnist(
+    root: str | Path, train: bool, download: bool = True, verify: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 [N,28,28], labels int64 [N]) via torchvision, or a UserError naming the files."""
+    from torchvision.datasets import MNIST
+
+    ds = MNIST(str(ensure_mnist(root, download, verify)), train=train, download=False)
     return ds.data, ds.targets
 
 
@@ -116,8 +118,7 @@ class MNISTDataModule(L.LightningDataModule):
         self._test: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def prepare_data(self) -> None:
-        load_mnist(self.root, train=True, download=self.download)
-        load_mnist(self.root, train=False, download=self.download)
+        ensure_mnist(self.root, download=self.download)
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is None and stage in (None, "fit", "validate"):
