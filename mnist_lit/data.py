@@ -100,6 +100,8 @@ class MNISTDataModule(L.LightningDataModule):
         download: bool = True,
         drop_last: bool = False,
         augment: Mapping[str, Any] | None = None,
+        steps_per_call: int = 1,
+        max_train_batches: int | float | None = None,
     ) -> None:
         super().__init__()
         self.root = root
@@ -112,6 +114,10 @@ class MNISTDataModule(L.LightningDataModule):
         self.download = download
         self.drop_last = drop_last
         self.augment = dict(augment or {})
+        # training items of steps_per_call batches each, for a Classifier that steps through them
+        # itself (mnist_lit/module.py); max_train_batches then limits an epoch in batches
+        self.steps_per_call = steps_per_call
+        self.max_train_batches = max_train_batches
         self.train_idx: torch.Tensor | None = None
         self.val_idx: torch.Tensor | None = None
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -150,10 +156,12 @@ class MNISTDataModule(L.LightningDataModule):
             self.drop_last,
             torch.initial_seed(),
             done=self.batches_trained,
+            group=self.steps_per_call,
+            max_batches=self.max_train_batches,
         )
 
     def batches_trained(self) -> int:
-        """Training batches of the current epoch already completed (after a resume: restored)."""
+        """Training items of the current epoch already completed (after a resume: restored)."""
         trainer = getattr(self, "trainer", None)
         return trainer.fit_loop.epoch_loop.batch_progress.current.completed if trainer is not None else 0
 

@@ -147,23 +147,34 @@ class FiniteLoss(Callback):
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
     ) -> None:
-        if bool(torch.isfinite(loss.detach()).all()):
-            return
-        value = float(loss.detach().float().reshape(-1)[0])
-        epoch, batch = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-        clip = trainer.gradient_clip_val
-        clip_hint = (
-            f"a smaller trainer.gradient_clip_val (now {clip})"
-            if clip
-            else "gradient clipping (trainer.gradient_clip_val=1.0)"
-        )
-        folder = Path(trainer.default_root_dir) / "checkpoints"
-        raise Diverged(
-            f"training loss became {value} at step {trainer.global_step + 1} (epoch {epoch}, batch {batch}); "
-            f"the run stopped before applying that step. Lower the learning rate (optim.lr, now {lr:g}) "
-            f"or add {clip_hint}. Checkpoints written before this step are intact in {folder}."
-        )
+        check_finite(trainer, loss, trainer.gradient_clip_val)
+
+
+def check_finite(
+    trainer: L.Trainer, loss: torch.Tensor, clip: float | None, batch: int | None = None
+) -> None:
+    """Raise Diverged, naming the step and what to change, unless every value of ``loss`` is finite.
+
+    FiniteLoss calls it before each backward pass; a Classifier that steps several batches per
+    call (``steps_per_call``) calls it itself, with the clipping it applies and the batch's index.
+    """
+    if bool(torch.isfinite(loss.detach()).all()):
+        return
+    value = float(loss.detach().float().reshape(-1)[0])
+    epoch = trainer.current_epoch
+    batch = trainer.fit_loop.epoch_loop.batch_idx if batch is None else batch
+    lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+    clip_hint = (
+        f"a smaller trainer.gradient_clip_val (now {clip})"
+        if clip
+        else "gradient clipping (trainer.gradient_clip_val=1.0)"
+    )
+    folder = Path(trainer.default_root_dir) / "checkpoints"
+    raise Diverged(
+        f"training loss became {value} at step {trainer.global_step + 1} (epoch {epoch}, batch {batch}); "
+        f"the run stopped before applying that step. Lower the learning rate (optim.lr, now {lr:g}) "
+        f"or add {clip_hint}. Checkpoints written before this step are intact in {folder}."
+    )
 
 
 def checkpoint_bytes(model: torch.nn.Module, optimizer_slots: int = 2) -> int:

@@ -24,6 +24,9 @@ def _sync(device: torch.device) -> None:
 class EpochTimer(Callback):
     """Per training epoch: images and seconds over its batches after the first ``skip`` (warm-up).
 
+    With ``group`` batches per training step (``steps_per_call``) the warm-up is the fewest whole
+    steps that cover ``skip`` batches.
+
     Only training batches count: validation and checkpointing run after the last batch. The GPU
     is synchronised twice per epoch, never per step. ``cpu_seconds`` (the process's CPU time over
     the same span) gives a throughput that other programs sharing the cores disturb far less.
@@ -31,8 +34,8 @@ class EpochTimer(Callback):
     began, for start-up measurements.
     """
 
-    def __init__(self, skip: int = 20) -> None:
-        self.skip = skip
+    def __init__(self, skip: int = 20, group: int = 1) -> None:
+        self.skip = -(-skip // max(1, group))
         self.epochs: list[dict[str, float]] = []
         self.first_step_at: float | None = None
         self._t0: float | None = None
@@ -54,7 +57,7 @@ class EpochTimer(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        skip = min(self.skip, self._last)  # a short epoch still times its last batch
+        skip = min(self.skip, max(0, self._last - 1))  # a short epoch still times its last step
         if batch_idx > skip:
             self._images += len(batch[1])
         if batch_idx == skip or batch_idx == self._last:

@@ -31,24 +31,42 @@ class EpochBatchSampler(Sampler[torch.Tensor]):
 
     Each batch is a slice of the permutation tensor, not a list of ints: indexing the image tensor
     with it is one gather, without turning 64 Python ints back into a tensor every step.
+
+    With ``group`` > 1 each item is ``group`` consecutive batches in one slice (the last item of an
+    epoch may hold fewer): the same images in the same order as ``group`` = 1, cut into the same
+    batches by whoever splits it at ``batch_size``. ``done`` then counts items, not batches.
+    ``max_batches`` ends every epoch after that many batches (a float: that fraction of them, as
+    Lightning's ``limit_train_batches`` counts).
     """
 
     def __init__(
-        self, n: int, batch_size: int, drop_last: bool, seed: int, done: Callable[[], int] | None = None
+        self,
+        n: int,
+        batch_size: int,
+        drop_last: bool,
+        seed: int,
+        done: Callable[[], int] | None = None,
+        group: int = 1,
+        max_batches: int | float | None = None,
     ) -> None:
         self.n = n
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.seed = seed
         self.done = done
+        self.group = max(1, group)
         self.epoch = 0
-        self.served = 0  # batches of the current epoch handed out so far
+        self.served = 0  # items of the current epoch handed out so far
+        batches = n // batch_size if drop_last else -(-n // batch_size)
+        if isinstance(max_batches, float):
+            max_batches = max(1, int(batches * max_batches)) if max_batches > 0 else 0
+        self.num_batches = batches if max_batches is None else min(batches, max(0, max_batches))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        return -(-self.num_batches // self.group)
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """Epoch ``epoch``'s order: the same for a given seed, whatever happened before."""
@@ -61,8 +79,10 @@ class EpochBatchSampler(Sampler[torch.Tensor]):
         # the body runs at the first next(): after Lightning's set_epoch and its loop progress reset
         perm = self.permutation(self.epoch)
         index = self.done() if self.done is not None else 0
+        step = self.group * self.batch_size
+        end = min(self.n, self.num_batches * self.batch_size)
         while index < len(self):
-            batch = perm[index * self.batch_size : (index + 1) * self.batch_size]
+            batch = perm[index * step : min(end, (index + 1) * step)]
             index += 1
             self.served = index
             yield batch
@@ -71,7 +91,8 @@ class EpochBatchSampler(Sampler[torch.Tensor]):
 class ResumableLoader(DataLoader):
     """A DataLoader of whole shuffled batches that continues an epoch a resumed run stopped in.
 
-    ``done`` returns how many batches of the current epoch the training loop has completed; its
+    ``done`` returns how many items (batches, or groups of batches) of the current epoch the
+    training loop has completed; its
     ``state_dict`` (saved in every checkpoint) records the order's seed and the position, and
     makes Lightning treat the loader as resumable mid-epoch.
     """
@@ -84,8 +105,10 @@ class ResumableLoader(DataLoader):
         drop_last: bool,
         seed: int,
         done: Callable[[], int] | None = None,
+        group: int = 1,
+        max_batches: int | float | None = None,
     ) -> None:
-        self.batches = EpochBatchSampler(len(labels), batch_size, drop_last, seed, done)
+        self.batches = EpochBatchSampler(len(labels), batch_size, drop_last, seed, done, group, max_batches)
         # a private generator: creating an iterator draws a base seed from it, which from the global
         # RNG would shift dropout's random numbers between a resumed run and an uninterrupted one
         super().__init__(
@@ -97,7 +120,11 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         done = self.batches.done() if self.batches.done is not None else self.batches.served
-        return {"epoch": self.batches.epoch, "completed": done, "seed": self.batches.seed}
+        return {
+            "epoch": self.batches.epoch,
+            "completed": done * self.batches.group,  # in batches
+            "seed": self.batches.seed,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("seed")

@@ -92,9 +92,9 @@ def same_weights(a: dict, b: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
-    """The run left alone, which the interrupted and the repeated runs must match."""
+    """The run left alone, one batch per training step, which interrupted and repeated runs must match."""
     cwd = tmp_path_factory.mktemp("reference")
-    result = run_cli(*EXACT, cwd=cwd, mnist_root=mnist_root)
+    result = run_cli(*EXACT, "steps_per_call=1", cwd=cwd, mnist_root=mnist_root)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(cwd)
     assert read_metrics(run_dir)["global_steps"] == 2 * BATCHES
@@ -102,18 +102,24 @@ def reference(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Pat
 
 
 # 1. interruption
-def test_ctrl_c_stops_within_seconds_and_resumes_into_the_same_run(tmp_path: Path, mnist_root: Path) -> None:
-    env = env_for(mnist_root, PACE_FROM="1:1", PACE_SLEEP="0.5")
-    output, seconds = interrupt_at(paced(*EXACT, cwd=tmp_path, env=env), "PACE 1 1", signal.SIGINT)
+# (steps_per_call, training step of epoch 1 the signal arrives in, optimizer steps done by its end):
+# one batch per step, and three (two steps per epoch, through the model's own optimizer loop)
+@pytest.mark.parametrize(("per_call", "item", "steps"), [(1, 1, BATCHES + 2), (3, 0, BATCHES + 3)])
+def test_ctrl_c_stops_within_seconds_and_resumes_into_the_same_run(
+    tmp_path: Path, mnist_root: Path, per_call: int, item: int, steps: int
+) -> None:
+    env = env_for(mnist_root, PACE_FROM=f"1:{item}", PACE_SLEEP="0.5")
+    run = paced(*EXACT, f"steps_per_call={per_call}", cwd=tmp_path, env=env)
+    output, seconds = interrupt_at(run, f"PACE 1 {item}", signal.SIGINT)
     assert seconds < 10, output[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     stopped = read_metrics(run_dir)
     assert stopped["status"] == "interrupted" and "SIGINT" in stopped["reason"], stopped
-    assert stopped["global_steps"] == BATCHES + 2  # the batch under way was finished, then saved
+    assert stopped["global_steps"] == steps  # the step under way was finished, then saved
     assert Path(stopped["resume_checkpoint"]) == run_dir / "checkpoints" / "interrupted.ckpt"
     assert Path(stopped["resume_checkpoint"]).is_file()
     log = (run_dir / "mnist_lit.log").read_text()
-    assert "run interrupted at epoch 1, step 8" in log and "ckpt_path=" in log
+    assert f"run interrupted at epoch 1, step {steps}" in log and "ckpt_path=" in log
     assert "Traceback" not in output
 
     resumed = run_cli("ckpt_path=last", cwd=tmp_path, mnist_root=mnist_root)
@@ -128,12 +134,15 @@ def test_ctrl_c_stops_within_seconds_and_resumes_into_the_same_run(tmp_path: Pat
     assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
 
 
-# 2. resume is exact
+# 2. resume is exact, also for a run that takes three batches per training step: it makes the same
+# optimizer steps as the reference, which takes one
+@pytest.mark.parametrize(("per_call", "item"), [(1, 2), (3, 0)])
 def test_resume_mid_epoch_2_matches_the_run_left_alone(
-    tmp_path: Path, mnist_root: Path, reference: Path
+    tmp_path: Path, mnist_root: Path, reference: Path, per_call: int, item: int
 ) -> None:
-    env = env_for(mnist_root, PACE_FROM="1:2", PACE_SLEEP="0.5")
-    output, _ = interrupt_at(paced(*EXACT, cwd=tmp_path, env=env), "PACE 1 2", signal.SIGTERM)
+    env = env_for(mnist_root, PACE_FROM=f"1:{item}", PACE_SLEEP="0.5")
+    run = paced(*EXACT, f"steps_per_call={per_call}", cwd=tmp_path, env=env)
+    output, _ = interrupt_at(run, f"PACE 1 {item}", signal.SIGTERM)
     (run_dir,) = run_dirs(tmp_path)
     assert read_metrics(run_dir)["status"] == "interrupted", output[-3000:]
     assert read_metrics(run_dir)["global_steps"] == BATCHES + 3  # mid-epoch 2
@@ -244,12 +253,14 @@ def test_the_official_files_pass(mnist_root: Path) -> None:
 
 
 # 5. divergence
+# (steps_per_call, training step of epoch 1 whose images become NaN, first batch of epoch 1 hit)
+@pytest.mark.parametrize(("per_call", "item", "batch"), [(1, 2, 2), (3, 1, 3)])
 def test_nan_loss_stops_at_that_step_and_earlier_checkpoints_stay_valid(
-    tmp_path: Path, mnist_root: Path
+    tmp_path: Path, mnist_root: Path, per_call: int, item: int, batch: int
 ) -> None:
-    env = env_for(mnist_root, POISON_AT="1:2")
+    env = env_for(mnist_root, POISON_AT=f"1:{item}")
     proc = subprocess.run(
-        [sys.executable, "-m", "paced_cli", *EXACT],
+        [sys.executable, "-m", "paced_cli", *EXACT, f"steps_per_call={per_call}"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -257,8 +268,8 @@ def test_nan_loss_stops_at_that_step_and_earlier_checkpoints_stay_valid(
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
-    step = BATCHES + 3
-    assert f"training loss became nan at step {step} (epoch 1, batch 2)" in proc.stderr
+    step = BATCHES + batch + 1
+    assert f"training loss became nan at step {step} (epoch 1, batch {batch})" in proc.stderr
     assert "optim.lr" in proc.stderr and "trainer.gradient_clip_val" in proc.stderr
     assert "Traceback" not in proc.stderr
     (run_dir,) = run_dirs(tmp_path)
