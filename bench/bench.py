@@ -339,13 +339,18 @@ def leg_overhead(
     twoconv trains a full epoch; resnet (about 15x the compute per image) the first
     ``resnet_batches`` batches of one, so the whole bench stays within minutes on two cores.
     """
-    cases = [(model, batch, False) for model in models for batch in batches]
+    cases = [(model, batch, False, None) for model in models for batch in batches]
     if limit is None:
-        # twoconv at 128 for the FLOP/s leg's best batch size (the targets are at 64 and 32), and at
-        # 64 in channels_last, the layout this CPU runs twoconv's convolutions fastest in
-        cases[len(batches) : len(batches)] = [("twoconv", 128, False), ("twoconv", 64, True)]
+        # twoconv at 128 for the FLOP/s leg's best batch size (the targets are at 64 and 32), at
+        # 64 in channels_last, the layout this CPU runs twoconv's convolutions fastest in, and at 32
+        # with one batch per Lightning training step (steps_per_call=1) instead of the default's 8
+        cases[len(batches) : len(batches)] = [
+            ("twoconv", 128, False, None),
+            ("twoconv", 64, True, None),
+            ("twoconv", 32, False, 1),
+        ]
     rows = []
-    for model, batch, channels_last in cases:
+    for model, batch, channels_last, per_call in cases:
         cap = limit if limit is not None else (ctx["resnet_batches"] if model == "resnet" else None)
         args = [
             f"model={model}",
@@ -357,21 +362,28 @@ def leg_overhead(
             "accelerator=auto",
             f"channels_last={str(channels_last).lower()}",
         ]
+        if per_call is not None:
+            args.append(f"steps_per_call={per_call}")
         if limit is not None:
             args += QUICK_LIMITS
         elif cap is not None:
             args.append(f"trainer.limit_train_batches={cap}")
         name = f"{model}_b{batch}" + ("_cl" if channels_last else "")
+        name += f"_spc{per_call}" if per_call else ""
         metrics, wall, started, _ = package_run(args, ctx["tmp"], ctx["root"], name)
         pkg = metrics["timing"]["train_images_per_s"]
         pkg_cpu = metrics["timing"].get("train_images_per_cpu_s")
         plain = plain_in_memory(model, batch, ctx["data"], cap, channels_last)
-        bare = None if model != "twoconv" or channels_last else bare_in_fresh_process(ctx, model, batch, cap)
+        plain_layout = model != "twoconv" or channels_last or per_call is not None
+        bare = None if plain_layout else bare_in_fresh_process(ctx, model, batch, cap)
         rows.append(
             {
                 "model": model,
                 "batch": batch,
                 "channels_last": channels_last,
+                # optimizer steps per Lightning training step, as the run resolved steps_per_call
+                "steps_per_call": metrics.get("steps_per_call"),
+                "default_steps_per_call": per_call is None,
                 "train_batches": cap or "epoch",
                 "package_images_per_s": pkg,
                 "plain_images_per_s": plain["images_per_s"],
@@ -395,7 +407,11 @@ def leg_overhead(
 def twoconv_row(
     overhead: list[dict[str, Any]], batch: int, channels_last: bool = False
 ) -> dict[str, Any] | None:
-    rows = [r for r in overhead if r["model"] == "twoconv" and r["batch"] == batch]
+    rows = [
+        r
+        for r in overhead
+        if r["model"] == "twoconv" and r["batch"] == batch and r.get("default_steps_per_call", True)
+    ]
     return next((r for r in rows if r["channels_last"] == channels_last), None)
 
 
@@ -589,7 +605,7 @@ def table(res: dict[str, Any]) -> str:
     for r in res["overhead"]:
         lines.append(
             f"| overhead | {r['model']} batch {r['batch']}{', channels_last' if r['channels_last'] else ''} "
-            f"({r['train_batches']}) "
+            f"({r['train_batches']}, {r['steps_per_call']} per call) "
             f"| {r['package_images_per_s']:,.0f} img/s "
             f"| plain loop {r['plain_images_per_s']:,.0f} img/s | {r['ratio']} | >= {r['target']} "
             f"| {r['cpu_ratio']} | {r.get('bare_lightning_ratio') or ''} |"
@@ -669,6 +685,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     PACKAGE_OVERRIDES[:] = a.override
     x, y, train_idx = train_split(a.data_root)
+    # importing mnist_lit (above) imported Lightning, which makes torch ask NVML whether CUDA is
+    # there at every optimizer step (~40 us each on a machine without a GPU); a hand-written script
+    # never imports Lightning, and the package lifts it on accelerator=cpu runs as well
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     if a.bare:  # one bare-Lightning measurement, for bare_in_fresh_process: JSON on the last line
         model, batch, batches = a.bare[0], int(a.bare[1]), int(a.bare[2]) or None
         print(json.dumps(bare_lightning(model, batch, (x, y), batches)))

@@ -113,6 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         epochs=trainer.current_epoch,
         global_steps=trainer.global_step,
         torch_threads=torch.get_num_threads(),
+        steps_per_call=steps_per_call,
         wall_seconds=round(time.perf_counter() - start, 2),
         timing=timer.summary(),
         best_checkpoint=best,

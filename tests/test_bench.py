@@ -23,6 +23,7 @@ OVERHEAD_KEYS = {
     "plain_images_per_cpu_s",
     "cpu_ratio",
     "first_step_s",
+    "steps_per_call",
 }
 SEEDS_KEYS = {"model", "batch", "package_images_per_s", "torchvision_loop_images_per_s", "ratio", "target"}
 TIME_TO_99_KEYS = {
