@@ -104,12 +104,48 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "progress_every": (positive_int, "an integer >= 1"),
     "compile": (lambda x: isinstance(x, bool), "true or false"),
     "channels_last": (lambda x: isinstance(x, bool), "true or false"),
+    "steps_per_call": (lambda x: x == "auto" or positive_int(x), "auto or an integer >= 1"),
 }
+
+# what steps_per_call=auto means where nothing rules it out: Lightning's per-call work then costs
+# about 2% of a tiny network's step on a CPU instead of 15-20%
+AUTO_STEPS_PER_CALL = 8
+FLOAT32_OR_BF16 = ("32", "32-true", "bf16-mixed", "bf16-true")
 
 
 def check_config(cfg: DictConfig) -> None:
     """Raise UserError on the first training value out of its allowed range or of the wrong type."""
     check_rules(cfg, RULES)
+    resolve_steps_per_call(cfg)
+
+
+def resolve_steps_per_call(cfg: DictConfig) -> int:
+    """The optimizer steps per Lightning training step a run makes, or a UserError naming the clash.
+
+    ``auto`` is AUTO_STEPS_PER_CALL where the settings allow several steps per call, else 1.
+    """
+    value = cfg.get("steps_per_call", 1)
+    if value == 1:
+        return 1
+    t = cfg.trainer
+    clashes = {
+        "trainer.accumulate_grad_batches": t.get("accumulate_grad_batches", 1) not in (1, None),
+        "trainer.devices": t.get("devices", 1) not in (1, "1"),
+        "trainer.num_nodes": t.get("num_nodes", 1) != 1,
+        "trainer.strategy": str(t.get("strategy", "auto")) not in ("auto", "single_device"),
+        "trainer.precision": str(t.get("precision", "32")) not in FLOAT32_OR_BF16,
+        "trainer.max_steps": t.get("max_steps", -1) not in (-1, None),
+    }
+    for key, clash in clashes.items():
+        if clash and value == "auto":
+            return 1
+        if clash:
+            raise UserError(
+                f"steps_per_call={value} cannot be combined with {key}={t.get(key.split('.')[1])}: "
+                "several steps per call need one process on one device, float32 or bf16 precision, "
+                "no gradient accumulation and an epoch count; use steps_per_call=1 or auto here"
+            )
+    return AUTO_STEPS_PER_CALL if value == "auto" else int(value)
 
 
 def check_rules(cfg: DictConfig, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> None:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lit.callbacks import from_config as inspection
 from mnist_lit.checkpoint import check_resume
+from mnist_lit.config import resolve_steps_per_call
 from mnist_lit.errors import UserError
 from mnist_lit.guards import (
     Diverged,
@@ -46,7 +47,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     route_lightning_logs()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     check_accelerator(cfg)
-    steps_per_call = check_steps_per_call(cfg)
+    steps_per_call = resolve_steps_per_call(cfg)
     quiet_cuda_probe(cfg)
     threads = job_threads(cfg.threads)  # parallel sweep jobs split the cores between them
     if threads:
@@ -170,7 +171,7 @@ def build_model(cfg: DictConfig) -> Classifier:
         config=OmegaConf.to_container(cfg, resolve=True),
         channels_last=bool(cfg.get("channels_last", False)),
         compile=bool(cfg.get("compile", False)),
-        steps_per_call=check_steps_per_call(cfg),
+        steps_per_call=resolve_steps_per_call(cfg),
         batch_size=int(cfg.data.batch_size),
         gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
         gradient_clip_algorithm=cfg.trainer.get("gradient_clip_algorithm", "norm"),
@@ -192,52 +193,15 @@ def check_accelerator(cfg: DictConfig) -> None:
         raise UserError(f"trainer.devices={devices} but only {torch.cuda.device_count()} GPU(s) are visible")
 
 
-# what steps_per_call=auto means where nothing rules it out: Lightning's per-call work then costs
-# about 2% of a tiny network's step on a CPU instead of 15-20%
-AUTO_STEPS_PER_CALL = 8
-FLOAT32_OR_BF16 = ("32", "32-true", "bf16-mixed", "bf16-true")
-
-
-def check_steps_per_call(cfg: DictConfig) -> int:
-    """steps_per_call as a whole number >= 1, or a UserError naming what it cannot be combined with.
-
-    ``auto`` is AUTO_STEPS_PER_CALL where the settings allow several steps per call, else 1.
-    """
-    value = cfg.get("steps_per_call", 1)
-    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise UserError(
-            f"steps_per_call={value} is not allowed: use auto or a whole number >= 1 (1: one batch per call)"
-        )
-    if value == 1:
-        return 1
-    t = cfg.trainer
-    clashes = {
-        "trainer.accumulate_grad_batches": t.get("accumulate_grad_batches", 1) not in (1, None),
-        "trainer.devices": t.get("devices", 1) not in (1, "1") or t.get("num_nodes", 1) != 1,
-        "trainer.strategy": str(t.get("strategy", "auto")) not in ("auto", "single_device"),
-        "trainer.precision": str(t.get("precision", "32")) not in FLOAT32_OR_BF16,
-        "trainer.max_steps": t.get("max_steps", -1) not in (-1, None),
-    }
-    for key, clash in clashes.items():
-        if clash and value == "auto":
-            return 1
-        if clash:
-            raise UserError(
-                f"steps_per_call={value} cannot be combined with {key}={t.get(key.split('.')[1])}: it needs "
-                "one process on one device, float32 or bf16 precision, no gradient accumulation and an "
-                "epoch count (trainer.max_epochs); use steps_per_call=1 or auto with this setting"
-            )
-    return AUTO_STEPS_PER_CALL if value == "auto" else value
-
-
 def quiet_cuda_probe(cfg: DictConfig) -> None:
-    """On accelerator=cpu, let torch answer "is CUDA available?" from its cache.
+    """When the run will not use CUDA, let torch answer "is CUDA available?" from its cache.
 
-    Lightning asks torch to check CUDA through NVML (so that a forked process can still use it);
-    with a CUDA build of torch on a machine without a GPU each check then costs about 40 us, and
-    every optimizer step makes one. A CPU run forks nothing that would use CUDA.
+    Lightning asks torch to check CUDA through NVML (so that a forked process can still use it).
+    Until CUDA is initialised torch does not cache that answer, so on a machine without a GPU
+    every check, and every optimizer step makes one, costs about 40 us (1% of a twoconv step).
     """
-    if cfg.trainer.get("accelerator") == "cpu":
+    accelerator = cfg.trainer.get("accelerator")
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
 

@@ -46,6 +46,16 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["optim=sgd", "optim.momentum=1.5"], ["optim.momentum=1.5 is not allowed", "[0, 1)"]),
     (["trainer.precision=8"], ["trainer.precision=8 is not allowed", "16-mixed"]),
     (["threads=0"], ["threads=0 is not allowed", "null or an integer >= 1"]),
+    (["steps_per_call=0"], ["steps_per_call=0 is not allowed", "auto or an integer >= 1"]),
+    (["steps_per_call=many"], ["steps_per_call='many' is not allowed", "auto or an integer >= 1"]),
+    (
+        ["steps_per_call=4", "trainer.accumulate_grad_batches=2"],
+        ["steps_per_call=4 cannot be combined with trainer.accumulate_grad_batches=2", "steps_per_call=1"],
+    ),
+    (
+        ["steps_per_call=4", "trainer.precision=16-mixed"],
+        ["steps_per_call=4 cannot be combined with trainer.precision=16-mixed", "float32 or bf16"],
+    ),
     (["trainer.limit_train_batches=1.5"], ["trainer.limit_train_batches=1.5 is not allowed"]),
     (["accelerator=gpu"], ["trainer.accelerator=gpu", "no NVIDIA GPU", "accelerator=cpu"]),
     # malformed override syntax

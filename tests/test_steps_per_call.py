@@ -1,0 +1,97 @@
+"""Several optimizer steps per Lightning training step make exactly the run that one step per call makes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, read_metrics, run_cli, run_dirs
+from omegaconf import OmegaConf
+
+from mnist_lit.config import AUTO_STEPS_PER_CALL, resolve_steps_per_call
+from mnist_lit.sampling import EpochBatchSampler
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def last_checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+
+# a per-step schedule with gradient clipping and an epoch whose batch count steps_per_call does not
+# divide; an epoch schedule with a fractional batch limit and the last partial batch dropped
+CASES = {
+    "warmup_clip": ["sched=warmup", "trainer.gradient_clip_val=0.5", "trainer.limit_train_batches=11"],
+    "steplr_fraction": [
+        "optim=sgd",
+        "sched=steplr",
+        "sched.scheduler.step_size=1",
+        "trainer.limit_train_batches=0.004",
+        "data.drop_last=true",
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_four_steps_per_call_equal_one(case: str, tmp_path: Path, mnist_root: Path) -> None:
+    common = [o for o in TINY if not o.startswith("trainer.limit_train_batches")]
+    common += ["trainer.max_epochs=2", "trainer.log_every_n_steps=4", "inspect.enabled=false", *CASES[case]]
+    runs = {}
+    for per_call in (1, 4):
+        cwd = tmp_path / str(per_call)
+        result = run_cli(*common, f"steps_per_call={per_call}", cwd=cwd, mnist_root=mnist_root)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (runs[per_call],) = run_dirs(cwd)
+    one, four = (last_checkpoint(runs[k]) for k in (1, 4))
+    assert read_metrics(runs[4])["steps_per_call"] == 4
+    assert one["global_step"] == four["global_step"] == read_metrics(runs[1])["global_steps"] > 8
+    assert one["state_dict"].keys() == four["state_dict"].keys()
+    assert all(torch.equal(one["state_dict"][k], four["state_dict"][k]) for k in one["state_dict"])
+    assert one["lr_schedulers"][0]["last_epoch"] == four["lr_schedulers"][0]["last_epoch"]
+    # the same TensorBoard scalars at the same steps: step-level loss and learning rate included
+    logged_one, logged_four = scalars(runs[1]), scalars(runs[4])
+    assert {"train/loss_step", "train/lr"} <= logged_one.keys()
+    assert logged_one.keys() == logged_four.keys()
+    for tag, points in logged_one.items():
+        assert [s for s, _ in points] == [s for s, _ in logged_four[tag]], tag
+        assert [v for _, v in points] == pytest.approx([v for _, v in logged_four[tag]], rel=1e-6), tag
+
+
+def test_grouped_batches_are_the_same_batches_in_the_same_order() -> None:
+    def items(group: int, done: int = 0, max_batches: int | float | None = None) -> list[list[int]]:
+        sampler = EpochBatchSampler(100, 8, False, 5, done=lambda: done, group=group, max_batches=max_batches)
+        sampler.set_epoch(1)
+        return [[int(i) for i in item] for item in sampler]
+
+    batches = items(1)
+    assert len(batches) == 13 and len(batches[-1]) == 4  # 12 full batches and the last 4 images
+    grouped = items(3)
+    assert len(grouped) == 5 and [len(item) for item in grouped] == [24, 24, 24, 24, 4]
+    assert sum(grouped, []) == sum(batches, [])
+    assert items(3, done=2) == grouped[2:]  # a resume counts whole items
+    assert sum(items(3, max_batches=7), []) == sum(batches[:7], [])
+    assert sum(items(3, max_batches=0.5), []) == sum(batches[:6], [])  # int(13 * 0.5) batches
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, AUTO_STEPS_PER_CALL),
+        ({"precision": "bf16-mixed"}, AUTO_STEPS_PER_CALL),
+        ({"devices": 2, "strategy": "ddp"}, 1),
+        ({"precision": "16-mixed"}, 1),
+        ({"accumulate_grad_batches": 2}, 1),
+    ],
+)
+def test_auto_takes_several_steps_only_where_they_are_allowed(settings: dict, expected: int) -> None:
+    trainer = {"devices": 1, "precision": "32", "accumulate_grad_batches": 1, **settings}
+    cfg = OmegaConf.create({"steps_per_call": "auto", "trainer": trainer})
+    assert resolve_steps_per_call(cfg) == expected
+    assert resolve_steps_per_call(OmegaConf.create({"steps_per_call": 3, "trainer": {}})) == 3
