@@ -53,6 +53,7 @@ THRESHOLD = 0.99
 # trainer.precision=bf16-mixed on a GPU); the plain loops stay plain float32
 PACKAGE_OVERRIDES: list[str] = []
 QUICK_BATCHES = 25  # --quick: batches per training leg
+GATHER = 8  # the plain in-memory loop gathers and normalises this many batches at once
 QUICK_LIMITS = [
     f"trainer.limit_train_batches={QUICK_BATCHES}",
     "trainer.limit_val_batches=1",
@@ -155,6 +156,10 @@ def plain_in_memory(
 ) -> dict[str, float]:
     """A hand-written loop over tensors in memory: shuffle, gather, normalise, step.
 
+    Images are gathered and normalised ``GATHER`` batches at a time, then split into batches: on
+    this CPU that runs twoconv at batch 64 10-20% faster than gathering each batch on its own, so
+    the loop the package is compared with is the faster of the two (the package's data module
+    serves ``steps_per_call`` batches at once the same way).
     ``channels_last``: network and images in NHWC, as the package's ``channels_last=true`` runs.
     """
     torch.manual_seed(SEED)
@@ -167,11 +172,11 @@ def plain_in_memory(
     steps = -(-n // batch) if max_batches is None else min(max_batches, -(-n // batch))
 
     def batches() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        perm = torch.randperm(n, device=dev)
-        for i in range(steps):
-            idx = perm[i * batch : (i + 1) * batch]
-            x = ((x_all[idx].float() / 255.0 - MEAN) / STD).unsqueeze(1)
-            yield x.contiguous(memory_format=layout), y_all[idx]
+        perm = torch.randperm(n, device=dev)[: steps * batch]
+        for idx in perm.split(GATHER * batch):
+            xs = ((x_all[idx].float() / 255.0 - MEAN) / STD).unsqueeze(1)
+            for x, y in zip(xs.split(batch), y_all[idx].split(batch), strict=True):
+                yield x.contiguous(memory_format=layout), y
 
     return timed_epoch(net, batches(), steps)
 
@@ -397,7 +402,7 @@ def leg_overhead(
                 "package_images_per_s": pkg,
                 "plain_images_per_s": plain["images_per_s"],
                 "ratio": ratio(pkg, plain["images_per_s"]),
-                "target": 0.95,
+                "target": 0.95 if per_call is None and not channels_last and batch in (32, 64) else None,
                 # per CPU-second: the same ratio, far less disturbed by other programs on the cores
                 "package_images_per_cpu_s": pkg_cpu,
                 "plain_images_per_cpu_s": plain["images_per_cpu_s"],
@@ -430,7 +435,10 @@ def leg_seeds(ctx: dict[str, Any], overhead: list[dict[str, Any]], limit: int | 
     """The package at batch 64 (default layout, and channels_last when measured) / the reports' loop."""
     row = twoconv_row(overhead, 64)
     cl = twoconv_row(overhead, 64, channels_last=True)
-    seeds = plain_torchvision("twoconv", 64, ctx["root"], ctx["train_idx"], limit)
+    # the best of as many runs as the package's throughput is the best of
+    root, train_idx = ctx["root"], ctx["train_idx"]
+    runs = [plain_torchvision("twoconv", 64, root, train_idx, limit) for _ in range(ctx["repeats"])]
+    seeds = max(runs, key=lambda r: r["images_per_s"])
     out = {
         "model": "twoconv",
         "batch": 64,
@@ -618,7 +626,8 @@ def table(res: dict[str, Any]) -> str:
             f"| overhead | {r['model']} batch {r['batch']}{', channels_last' if r['channels_last'] else ''} "
             f"({r['train_batches']}, {r['steps_per_call']} per call) "
             f"| {r['package_images_per_s']:,.0f} img/s "
-            f"| plain loop {r['plain_images_per_s']:,.0f} img/s | {r['ratio']} | >= {r['target']} "
+            f"| plain loop {r['plain_images_per_s']:,.0f} img/s | {r['ratio']} "
+            f"| {'>= ' + str(r['target']) if r['target'] else ''} "
             f"| {r['cpu_ratio']} | {r.get('bare_lightning_ratio') or ''} |"
         )
     s = res["seeds"]

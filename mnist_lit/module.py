@@ -266,6 +266,42 @@ class Classifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["schedule_steps"] = getattr(self, "schedule_steps", None)
+        checkpoint["steps_per_call"] = self.steps_per_call
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.saved_schedule_steps = checkpoint.get("schedule_steps")
+        if "loops" in checkpoint:  # a training checkpoint, before Lightning restores its loops
+            saved = checkpoint.get("steps_per_call", 1)
+            self.carry_loop_state(checkpoint["loops"].get("fit_loop", {}), saved)
+
+    def carry_loop_state(self, loop: dict[str, Any], saved: int) -> None:
+        """Let a run resume with another steps_per_call than the one that saved the checkpoint.
+
+        Lightning counts optimizer steps in one of two places (automatic or manual optimization)
+        and a position in the epoch in training steps; both are rewritten in this run's terms.
+        """
+        auto = loop.get("epoch_loop.automatic_optimization.optim_progress", {})
+        auto = auto.get("optimizer", {}).get("step")
+        manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
+        if auto is None or manual is None:
+            return
+        steps = max(auto["total"]["completed"], manual["total"]["completed"])
+        for progress in (auto, manual):
+            for part in ("total", "current"):
+                progress[part].update(ready=steps, completed=steps)
+        position = loop.get("epoch_loop.batch_progress")
+        if saved == self.steps_per_call or not position or position.get("is_last_batch", True):
+            return
+        batches = position["current"]["completed"] * saved
+        if batches % self.steps_per_call:
+            raise UserError(
+                f"ckpt_path: the checkpoint stopped {batches} batches into an epoch with "
+                f"steps_per_call={saved}, which steps_per_call={self.steps_per_call} cannot continue "
+                f"from; resume with steps_per_call={saved}"
+            )
+        done = batches // self.steps_per_call
+        for part in ("total", "current"):
+            counts = position[part]
+            offset = done - position["current"]["completed"] if part == "total" else 0
+            for key in counts:
+                counts[key] = counts[key] + offset if part == "total" else done

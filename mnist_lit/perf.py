@@ -1,4 +1,4 @@
-"""Speed plumbing: an epoch timer for metrics.json and a progress bar that redraws every N batches.
+"""Speed plumbing: an epoch timer for metrics.json and a progress bar that redraws every N steps.
 
 The timer lets ``bench/bench.py`` (and users) read a run's training throughput from the run
 itself, measured the same way the benchmark measures its hand-written loops.

@@ -136,9 +136,11 @@ def test_ctrl_c_stops_within_seconds_and_resumes_into_the_same_run(
 
 # 2. resume is exact, also for a run that takes three batches per training step: it makes the same
 # optimizer steps as the reference, which takes one
-@pytest.mark.parametrize(("per_call", "item"), [(1, 2), (3, 0)])
+# (the last case resumes that run with one batch per step: 3 batches into the epoch, which 2 per step
+# cannot continue from and 1 can)
+@pytest.mark.parametrize(("per_call", "item", "resume_with"), [(1, 2, 1), (3, 0, 3), (3, 0, 1)])
 def test_resume_mid_epoch_2_matches_the_run_left_alone(
-    tmp_path: Path, mnist_root: Path, reference: Path, per_call: int, item: int
+    tmp_path: Path, mnist_root: Path, reference: Path, per_call: int, item: int, resume_with: int
 ) -> None:
     env = env_for(mnist_root, PACE_FROM=f"1:{item}", PACE_SLEEP="0.5")
     run = paced(*EXACT, f"steps_per_call={per_call}", cwd=tmp_path, env=env)
@@ -147,7 +149,14 @@ def test_resume_mid_epoch_2_matches_the_run_left_alone(
     assert read_metrics(run_dir)["status"] == "interrupted", output[-3000:]
     assert read_metrics(run_dir)["global_steps"] == BATCHES + 3  # mid-epoch 2
 
-    resumed = run_cli(f"ckpt_path={run_dir}", cwd=tmp_path, mnist_root=mnist_root)
+    if resume_with != per_call:
+        refused = run_cli(f"ckpt_path={run_dir}", "steps_per_call=2", cwd=tmp_path, mnist_root=mnist_root)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+        assert "3 batches into an epoch with steps_per_call=3" in refused.stderr
+        assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()  # still there to resume from
+    resumed = run_cli(
+        f"ckpt_path={run_dir}", f"steps_per_call={resume_with}", cwd=tmp_path, mnist_root=mnist_root
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got, want = read_metrics(run_dir), read_metrics(reference)
     for key in ("val/acc_best", "test/acc", "test/loss", "global_steps", "epochs"):
