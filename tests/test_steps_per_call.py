@@ -33,7 +33,7 @@ CASES = {
         "optim=sgd",
         "sched=steplr",
         "sched.scheduler.step_size=1",
-        "trainer.limit_train_batches=0.004",
+        "trainer.limit_train_batches=0.012",
         "data.drop_last=true",
     ],
 }
@@ -46,6 +46,7 @@ def test_four_steps_per_call_equal_one(case: str, tmp_path: Path, mnist_root: Pa
     runs = {}
     for per_call in (1, 4):
         cwd = tmp_path / str(per_call)
+        cwd.mkdir()
         result = run_cli(*common, f"steps_per_call={per_call}", cwd=cwd, mnist_root=mnist_root)
         assert result.returncode == 0, result.stderr[-3000:]
         (runs[per_call],) = run_dirs(cwd)
