@@ -348,7 +348,7 @@ def leg_overhead(
     if limit is None:
         # twoconv at 128 for the FLOP/s leg's best batch size (the targets are at 64 and 32), at
         # 64 in channels_last, the layout this CPU runs twoconv's convolutions fastest in, and at 32
-        # with one batch per Lightning training step (steps_per_call=1) instead of the default's 8
+        # with one batch per Lightning training step (steps_per_call=1) instead of the default's 16
         cases[len(batches) : len(batches)] = [
             ("twoconv", 128, False, None),
             ("twoconv", 64, True, None),

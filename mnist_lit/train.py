@@ -60,6 +60,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer_args["gradient_clip_val"] = None
         if trainer_args.get("limit_train_batches") is not None:  # counted in batches, not items
             datamodule.max_train_batches = trainer_args.pop("limit_train_batches")
+        if trainer_args.get("fast_dev_run"):  # true: one batch, as with one batch per item
+            datamodule.max_train_batches = int(trainer_args["fast_dev_run"])
     model = build_model(cfg)
     ckpt_path = str(find_checkpoint(str(cfg.ckpt_path))) if cfg.ckpt_path else None
     check_writable(out_dir, 3 * checkpoint_bytes(model))  # now, not after an hour of training
