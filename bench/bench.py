@@ -10,7 +10,9 @@ Legs (each printed as a row and kept in the JSON):
               logging, TensorBoard, progress bar and checkpointing) / a plain loop in this file
               with the same network, optimizer, schedule, batch size, in-memory data and threads;
               for twoconv also a bare LightningModule (forward and loss only, no logging or
-              callbacks) against the same loop: the share of the gap that is Lightning's own loop
+              callbacks, one batch per training step) against the same loop: what Lightning's own
+              loop costs without the package's steps_per_call. Package and plain loop run in
+              turns ``--repeats`` times per case and the best of each is kept
   seeds       package / a plain loop fed by torchvision MNIST + ToTensor + Normalize via DataLoader
   time_to_99  whole-process wall time of ``experiment=fast`` against pytorch/examples' recipe
               (``experiment=examplesnet``) stopped at its first epoch with val/acc >= 99%
