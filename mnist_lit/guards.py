@@ -159,9 +159,8 @@ def check_finite(
     FiniteLoss calls it before each backward pass; a Classifier that steps several batches per
     call (``steps_per_call``) calls it itself, with the clipping it applies and the batch's index.
     """
-    if loss.numel() == 1 and math.isfinite(loss.item()):  # one read-back, no extra kernels
-        return
-    if loss.numel() != 1 and bool(torch.isfinite(loss.detach()).all()):
+    # a scalar loss: one read-back, no extra kernels
+    if math.isfinite(loss.item()) if loss.numel() == 1 else bool(torch.isfinite(loss.detach()).all()):
         return
     value = float(loss.detach().float().reshape(-1)[0])
     epoch = trainer.current_epoch

@@ -246,9 +246,9 @@ class Classifier(L.LightningModule):
         """The run's optimizer steps: Lightning's estimate counts items, which may hold several batches."""
         trainer = self.trainer
         estimate = int(trainer.estimated_stepping_batches)  # also sets up the training data
-        sampler = getattr(trainer.train_dataloader, "batches", None)
         if self.steps_per_call == 1:
             return estimate
+        sampler = getattr(trainer.train_dataloader, "batches", None)
         if not hasattr(sampler, "num_batches") or not trainer.max_epochs or trainer.max_epochs < 0:
             raise UserError("steps_per_call > 1 needs mnist_lit's training data and a trainer.max_epochs")
         items = int(trainer.num_training_batches)
@@ -302,8 +302,7 @@ class Classifier(L.LightningModule):
                 f"from; resume with steps_per_call={saved}"
             )
         done = batches // self.steps_per_call
-        for part in ("total", "current"):
-            counts = position[part]
-            offset = done - position["current"]["completed"] if part == "total" else 0
-            for key in counts:
-                counts[key] = counts[key] + offset if part == "total" else done
+        offset = done - position["current"]["completed"]
+        for key in position["current"]:
+            position["total"][key] += offset
+            position["current"][key] = done

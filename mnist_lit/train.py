@@ -55,14 +55,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    datamodule = instantiate(cfg.data, steps_per_call=steps_per_call)
+    max_batches = None
     if steps_per_call > 1:  # the model clips and counts batches itself; Lightning sees items
         trainer_args["gradient_clip_val"] = None
-        if trainer_args.get("limit_train_batches") is not None:  # counted in batches, not items
-            datamodule.max_train_batches = trainer_args.pop("limit_train_batches")
+        max_batches = trainer_args.pop("limit_train_batches", None)  # counted in batches, not items
         if trainer_args.get("fast_dev_run"):  # true: one batch, as with one batch per item
-            datamodule.max_train_batches = int(trainer_args["fast_dev_run"])
-    model = build_model(cfg)
+            max_batches = int(trainer_args["fast_dev_run"])
+    datamodule = instantiate(cfg.data, steps_per_call=steps_per_call, max_train_batches=max_batches)
+    model = build_model(cfg, steps_per_call)
     ckpt_path = str(find_checkpoint(str(cfg.ckpt_path))) if cfg.ckpt_path else None
     check_writable(out_dir, 3 * checkpoint_bytes(model))  # now, not after an hour of training
     stop = GracefulStop()
@@ -163,7 +163,7 @@ class _NoAdverts(logging.Filter):
         return not str(record.msg).startswith("💡 Tip")
 
 
-def build_model(cfg: DictConfig) -> Classifier:
+def build_model(cfg: DictConfig, steps_per_call: int = 1) -> Classifier:
     """The chosen backbone inside the generic Classifier, with its optimizer and schedule."""
     return Classifier(
         backbone=instantiate(cfg.model),
@@ -173,7 +173,7 @@ def build_model(cfg: DictConfig) -> Classifier:
         config=OmegaConf.to_container(cfg, resolve=True),
         channels_last=bool(cfg.get("channels_last", False)),
         compile=bool(cfg.get("compile", False)),
-        steps_per_call=resolve_steps_per_call(cfg),
+        steps_per_call=steps_per_call,
         batch_size=int(cfg.data.batch_size),
         gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
         gradient_clip_algorithm=cfg.trainer.get("gradient_clip_algorithm", "norm"),
