@@ -1,7 +1,8 @@
 """Speed benchmark: the package against hand-written PyTorch loops, measured in one run.
 
     python bench/bench.py                 # full run: table on stdout, JSON in bench/results.json
-    python bench/bench.py --quick         # smoke run: every leg, a few batches each
+    python bench/bench.py --quick         # smoke run: every leg, a few batches each; JSON in
+                                          # outputs/bench/quick.json (not committed)
     python bench/bench.py --threads 2 --out /tmp/bench.json
     python bench/bench.py --override compile=true --override trainer.precision=bf16-mixed   # a GPU
 
@@ -689,7 +690,12 @@ def table(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a smoke run: every leg, a few batches")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results.json", help="JSON results file")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="JSON results file (default: bench/results.json for a full run; a --quick run's numbers "
+        "mean nothing, so they go to outputs/bench/quick.json, which is not committed)",
+    )
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, everywhere")
     p.add_argument(
         "--data-root", type=Path, default=Path(os.environ.get("MNIST_ROOT", "data")), help="MNIST root"
@@ -704,6 +710,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples-epochs", type=int, default=6, help="cap on examplesnet's epochs to 99%%")
     p.add_argument("--bare", nargs=3, metavar=("MODEL", "BATCH", "BATCHES"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.out is None:
+        a.out = REPO / ("outputs/bench/quick.json" if a.quick else "bench/results.json")
     if not (a.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         print(f"error: no MNIST/raw/ under --data-root {a.data_root} (or MNIST_ROOT)", file=sys.stderr)
         return 2

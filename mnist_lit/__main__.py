@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from mnist_lit.cli import quote_paths
 from mnist_lit.config import check_config, check_gpu, check_overrides
 from mnist_lit.errors import UserError
-from mnist_lit.rundir import resume_argv, started
+from mnist_lit.rundir import check_not_complete, rank_zero, resume_argv, started, undo
 from mnist_lit.sweep import in_multirun, one_line, record_failure
 
 log = logging.getLogger("mnist_lit")
@@ -35,6 +35,7 @@ def run(cfg: DictConfig) -> float | None:
     try:
         check_config(cfg)
         check_gpu(cfg)
+        check_not_complete(cfg)
         from mnist_lit.train import train
 
         metrics = train(cfg)
@@ -45,15 +46,21 @@ def run(cfg: DictConfig) -> float | None:
             return None
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log_to_file(err)  # the run's log keeps the reason; the console gets it once, on stderr
+        if not rank_zero():  # the first DDP process reports it
+            sys.exit(err.exit_code)
+        # refused before training: the run folder goes back to what it was; later, its log keeps why
+        if not undo():
+            log_to_file(err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except Exception as err:
-        record_failure(err, time.perf_counter() - start)
-        if not in_multirun():
-            raise
-        log.exception("job failed: %s", one_line(err))
-        return None
+        if in_multirun():
+            record_failure(err, time.perf_counter() - start)
+            log.exception("job failed: %s", one_line(err))
+            return None
+        if not undo() and rank_zero():
+            record_failure(err, time.perf_counter() - start)
+        raise
     return metrics.get("val/acc_best")
 
 
@@ -85,6 +92,7 @@ def main() -> None:
             sys.exit(UserError.exit_code)
         raise
     except KeyboardInterrupt:  # Ctrl-C while starting up, before training handles it
+        undo()
         print("stopped by Ctrl-C before training started: nothing to save", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
 

@@ -17,9 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lit.errors import UserError
 
-PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "64-true")
+# Lightning also knows 64-bit precision, but the package feeds float32 images: refused by name
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 _MISSING = object()
+SEED_MAX = 2**32 - 1
 
 
 def _number(x: Any) -> bool:
@@ -53,7 +55,7 @@ def batch_limit(x: Any) -> bool:
 
 # key -> (predicate, what is allowed); keys absent from the composed config are skipped
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (_integer, "an integer"),
+    "seed": (lambda x: _integer(x) and 0 <= x <= SEED_MAX, f"an integer in 0..{SEED_MAX} (numpy's range)"),
     "threads": (lambda x: x is None or positive_int(x), "null or an integer >= 1"),
     "optim.lr": (positive, "a number > 0"),
     "optim.weight_decay": (non_negative, "a number >= 0"),
@@ -80,6 +82,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sched.scheduler.pct_start": (lambda x: _number(x) and 0 < x < 1, "a number in (0, 1)"),
     "sched.interval": (lambda x: x in ("step", "epoch"), "step or epoch"),
     "trainer.max_epochs": (positive_int, "an integer >= 1"),
+    # counts the package or Lightning divides by
+    "trainer.log_every_n_steps": (positive_int, "an integer >= 1"),
+    "trainer.accumulate_grad_batches": (positive_int, "an integer >= 1"),
+    "trainer.check_val_every_n_epoch": (lambda x: x is None or positive_int(x), "null or an integer >= 1"),
     "trainer.accelerator": (lambda x: x in ACCELERATORS, " or ".join(ACCELERATORS)),
     "trainer.devices": (lambda x: positive_int(x) or x == "auto", "an integer >= 1 or auto"),
     "trainer.precision": (lambda x: str(x) in PRECISIONS, ", ".join(PRECISIONS)),

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lit.errors import UserError
-from mnist_lit.rundir import newest, write_probe
+from mnist_lit.rundir import newest, training_started, write_probe
 
 log = logging.getLogger("mnist_lit")
 
@@ -84,6 +84,7 @@ class GracefulStop(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.training = True
+        training_started()  # from here on, a stop keeps what the run has written
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.training = False

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnist_lit.building import build
 from mnist_lit.errors import UserError
 from mnist_lit.guards import check_finite
 
@@ -227,16 +228,22 @@ class Classifier(L.LightningModule):
         return logits
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = build("optim", self.optimizer_factory, list(self.parameters()))
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         if self.interval == "step":
             total = self.optimizer_steps()
             self.check_schedule_length(total)
             per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-            scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=per_epoch)
+            scheduler = build(
+                "sched.scheduler",
+                self.scheduler_factory,
+                optimizer,
+                total_steps=total,
+                steps_per_epoch=per_epoch,
+            )
         else:
-            scheduler = self.scheduler_factory(optimizer)
+            scheduler = build("sched.scheduler", self.scheduler_factory, optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.interval, "name": "train/lr"},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import logging
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,17 +73,27 @@ def expand(images: Any) -> list[Path]:
 
 
 def open_image(path: Path) -> Image.Image:
-    """The image in ``path``, fully decoded, or Unreadable saying why not."""
+    """The image in ``path``, fully decoded, or Unreadable saying why not.
+
+    What Pillow warns about (a decompression bomb, a palette it has to guess at) is refused like
+    what it cannot read: the message names the file, and the other images are still predicted.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if path.stat().st_size == 0:
         raise Unreadable("empty file")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return ImageOps.exif_transpose(img)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", module="PIL")
+            with Image.open(path) as img:
+                img.load()
+                return ImageOps.exif_transpose(img)
     except UnidentifiedImageError as err:
         raise Unreadable("not an image Pillow can read") from err
+    except Warning as err:
+        raise Unreadable(f"Pillow warns about it ({type(err).__name__}: {err})") from err
+    except Image.DecompressionBombError as err:
+        raise Unreadable(f"refused by Pillow ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:  # truncated or damaged image data
         raise Unreadable(f"damaged image ({err})") from err
 

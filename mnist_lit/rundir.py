@@ -12,6 +12,7 @@ checkpoints, TensorBoard events and metrics.json stay together.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import sys
@@ -23,6 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mnist_lit.errors import UserError
+from mnist_lit.record import read_metrics
 
 # newest first: a mid-epoch stop leaves interrupted.ckpt beside the epoch-end last.ckpt
 RESUMABLE = ("interrupted.ckpt", "last.ckpt")
@@ -36,11 +38,96 @@ NO_JOB_FLAGS |= {"--shell-completion"}
 
 # set once Hydra has parsed and composed the command line and starts a run or a sweep
 _started: list[bool] = []
+# a single run (not a sweep job), whose folder is left as it was if it stops before training
+_guarded: list[bool] = []
+# that folder as it was before this command, until training starts (then the command owns it)
+_before: list[Snapshot] = []
+_training: list[bool] = []
+
+
+def rank_zero() -> bool:
+    """False in the DDP processes Lightning starts beside the first: they report and write nothing."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def started() -> bool:
     """Whether this process got past Hydra's parsing and composition to start a run or sweep."""
     return bool(_started)
+
+
+class Snapshot:
+    """A run folder as it was before this command, so that a command refused before training can
+    put it back: byte for byte for the files that are rewritten whole (the ``.hydra`` record,
+    JSON files), by length for those only ever appended to (logs, TensorBoard events), and
+    everything this command added removed. A folder this command created is removed whole.
+    """
+
+    KEEP_BYTES = (".yaml", ".json")
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.existed = folder.exists()
+        # the folders above it that this command creates, removed with it if left empty
+        self.new_parents = [p for p in folder.parents if not p.exists()]
+        self.entries: dict[Path, bytes | int | None] = {}
+        if not self.existed:
+            return
+        for path in folder.rglob("*"):
+            rel = path.relative_to(folder)
+            if path.is_dir() and not path.is_symlink():
+                self.entries[rel] = None
+            elif path.suffix in self.KEEP_BYTES or path.parent.name == ".hydra":
+                self.entries[rel] = path.read_bytes()
+            else:
+                self.entries[rel] = path.lstat().st_size
+
+    def restore(self) -> None:
+        if not self.existed:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            for parent in self.new_parents:  # nearest first; kept if another run is in it now
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+            return
+        for path in sorted(self.folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            before = self.entries.get(path.relative_to(self.folder), ...)
+            if before is ...:  # new since the snapshot
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            elif isinstance(before, bytes) and path.read_bytes() != before:
+                path.write_bytes(before)
+            elif isinstance(before, int) and path.lstat().st_size > before:
+                os.truncate(path, before)
+        for rel, before in self.entries.items():  # rewritten files that were deleted meanwhile
+            if isinstance(before, bytes) and not (self.folder / rel).exists():
+                (self.folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                (self.folder / rel).write_bytes(before)
+
+
+def training_began() -> bool:
+    """Whether this command's training has started (or it keeps what it writes anyway: sweep jobs)."""
+    return bool(_training) or not _guarded
+
+
+def training_started() -> None:
+    """From now on this command's changes to the run folder stay, whatever happens."""
+    _training.append(True)
+    _before.clear()
+
+
+def undo() -> bool:
+    """Put the run folder back as it was before this command, unless training has started.
+
+    Returns whether it did. Hydra's log file handlers are closed first, so nothing more is written.
+    """
+    if not _before:
+        return False
+    for handler in logging.getLogger().handlers[:]:
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+            logging.getLogger().removeHandler(handler)
+    _before.pop().restore()
+    return True
 
 
 def newest(files: list[Path]) -> Path | None:
@@ -79,6 +166,35 @@ def run_dir_of(ckpt: Path) -> Path | None:
     if ckpt.parent.name == "checkpoints" and (run / ".hydra" / "overrides.yaml").is_file():
         return run
     return None
+
+
+def check_not_complete(cfg: DictConfig) -> None:
+    """A resume of a completed run that would train nothing is refused, with how to go on instead.
+
+    Lightning would otherwise skip the training, test again and replace the run's record with the
+    few seconds of that test.
+    """
+    ckpt = Path(str(cfg.get("ckpt_path") or ""))
+    run = run_dir_of(ckpt) if ckpt.name == "last.ckpt" else None
+    record = read_metrics(run) if run is not None else {}
+    done, wanted = record.get("epochs"), cfg.trainer.get("max_epochs")
+    if record.get("status") != "completed" or not isinstance(done, int) or wanted is None or wanted > done:
+        return
+    more = done + 5
+    if cfg.get("sched", {}).get("interval") == "step":
+        extend = (
+            f"its per-step schedule was sized for {done} epochs, so it cannot be trained on: start a "
+            f"new run with trainer.max_epochs={more}, or use an epoch schedule such as sched=steplr"
+        )
+    else:
+        extend = f"to train it on, give it more epochs: python -m mnist_lit ckpt_path={run} "
+        extend += f"trainer.max_epochs={more}"
+    epochs = f"{done} epoch{'s' if done != 1 else ''}"
+    raise UserError(
+        f"run {run} is complete: it trained its {epochs} (trainer.max_epochs={wanted}) and was tested "
+        f"(test/acc {record.get('test/acc', float('nan')):.4f}); nothing is left to resume. "
+        f"{extend[0].upper()}{extend[1:]}. To test it again: python -m mnist_lit.evaluate ckpt={run}"
+    )
 
 
 def override_key(arg: str) -> str:
@@ -163,19 +279,21 @@ def check_room(folder: Path, what: str) -> None:
         )
 
 
-def claim(folder: Path, marker: str | None) -> Path:
+def claim(folder: Path, marker: str | None) -> tuple[Path, Snapshot]:
     """Atomically take ``folder`` (or ``folder-1``, ``folder-2``...) for this process alone.
 
     ``marker`` names the subfolder whose creation is the claim (``.hydra`` for a run, whose
-    folder may already exist); None claims the folder itself.
+    folder may already exist); None claims the folder itself. Returns the folder taken and what
+    it held before.
     """
     for n in range(1000):
         candidate = folder if n == 0 else folder.with_name(f"{folder.name}-{n}")
+        before = Snapshot(candidate)
         try:
             candidate.mkdir(parents=True, exist_ok=marker is not None)
             if marker is not None:
                 (candidate / marker).mkdir()
-            return candidate
+            return candidate, before
         except FileExistsError:
             continue
     raise UserError(f"could not find a free run directory next to {folder}")
@@ -194,11 +312,20 @@ class RunDirectory(Callback):
         run = Path(str(config.hydra.run.dir))
         resuming = config.get("ckpt_path") and run_dir_of(Path(str(config.ckpt_path))) == run
         # a DDP process Lightning started for rank > 0 joins rank 0's folder (its hydra.run.dir)
-        joining = os.environ.get("LOCAL_RANK", "0") != "0"
-        check_room(run.parent, "output folder")
-        if resuming or joining:
+        joining = not rank_zero()
+        _guarded.append(True)
+        if joining:
+            check_room(run.parent, "output folder")
             return
-        taken = claim(run, ".hydra")
+        if resuming:
+            _before.append(Snapshot(run))
+        new_parents = [p for p in run.parents if not p.exists()]  # check_room creates them
+        check_room(run.parent, "output folder")
+        if resuming:
+            return
+        taken, before = claim(run, ".hydra")
+        before.new_parents = new_parents
+        _before.append(before)
         if taken != run:
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.run.dir = str(taken)
@@ -207,7 +334,7 @@ class RunDirectory(Callback):
         _started.append(True)
         sweep = Path(str(config.hydra.sweep.dir))
         check_room(sweep.parent, "sweep folder")
-        taken = claim(sweep, None)
+        taken, _ = claim(sweep, None)
         if taken != sweep:
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.sweep.dir = str(taken)

@@ -41,7 +41,15 @@ def one_cycle(
     final_div_factor: float = 1e4,
     anneal_strategy: str = "cos",
 ) -> LRScheduler:
-    """torch's OneCycleLR peaking at the optimizer's configured ``lr``."""
+    """torch's OneCycleLR peaking at the optimizer's configured ``lr``.
+
+    torch divides by the length of the rise, which is zero when it would end on the first step
+    (``pct_start * total_steps == 1``: 4 steps at 0.25); a run that short rises over 2 steps instead.
+    """
+    if total_steps >= 3:
+        pct_start = min(max(pct_start, 2 / total_steps), 1 - 1 / total_steps)
+    elif pct_start * total_steps >= 1:
+        pct_start = 0.25 / total_steps
     return OneCycleLR(
         optimizer,
         max_lr=[g["lr"] for g in optimizer.param_groups],

@@ -6,12 +6,10 @@ any job starts, and a failing job must be recorded even when torch itself failed
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lit.errors import UserError
+from mnist_lit.record import read_metrics, update_metrics, written_here
+from mnist_lit.rundir import rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -60,31 +60,20 @@ def record_failure(err: BaseException, seconds: float) -> dict[str, Any]:
     """Write the failed job's metrics.json (status and one-line reason) so the sweep's table shows it.
 
     What the job itself wrote there while stopping (a diverged run's epochs and last checkpoint)
-    is kept, its status becoming ``stopped_as``; a file older than the job is replaced.
+    is kept, its status becoming ``stopped_as``.
     """
-    metrics: dict[str, Any] = {}
-    failure = {
+    failure: dict[str, Any] = {
         "status": "failed",
         "reason": one_line(err),
         "error_type": type(err).__name__,
-        "wall_seconds": round(seconds, 2),
     }
-    if HydraConfig.initialized():
-        out_dir = Path(HydraConfig.get().runtime.output_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / "metrics.json"
-        if path.is_file() and path.stat().st_mtime >= time.time() - seconds - 1:
-            try:
-                metrics = json.loads(path.read_text())
-            except (OSError, ValueError):
-                metrics = {}
-            if metrics.get("status") not in (None, "failed"):
-                metrics["stopped_as"] = metrics["status"]
-        metrics.update(failure)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-    return metrics or failure
+    if not HydraConfig.initialized() or not rank_zero():
+        return {**failure, "wall_seconds": round(seconds, 2)}  # a DDP process of rank > 0 writes nothing
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    status = read_metrics(out_dir).get("status")
+    if written_here(out_dir) and status not in (None, "failed"):
+        failure["stopped_as"] = status
+    return update_metrics(out_dir, failure, seconds)
 
 
 def available_cores() -> int:

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lit.building import build, factory, reason
 from mnist_lit.callbacks import from_config as inspection
 from mnist_lit.checkpoint import check_resume
 from mnist_lit.config import resolve_steps_per_call
@@ -32,7 +36,8 @@ from mnist_lit.guards import (
 )
 from mnist_lit.module import Classifier
 from mnist_lit.perf import EpochTimer, progress_bar
-from mnist_lit.rundir import find_checkpoint
+from mnist_lit.record import update_metrics
+from mnist_lit.rundir import find_checkpoint, training_began
 from mnist_lit.sweep import job_threads
 
 log = logging.getLogger(__name__)
@@ -61,7 +66,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         max_batches = trainer_args.pop("limit_train_batches", None)  # counted in batches, not items
         if trainer_args.get("fast_dev_run"):  # true: one batch, as with one batch per item
             max_batches = int(trainer_args["fast_dev_run"])
-    datamodule = instantiate(cfg.data, steps_per_call=steps_per_call, max_train_batches=max_batches)
+    datamodule = build(
+        "data", factory("data", cfg.data), steps_per_call=steps_per_call, max_train_batches=max_batches
+    )
     model = build_model(cfg, steps_per_call)
     ckpt_path = str(find_checkpoint(str(cfg.ckpt_path))) if cfg.ckpt_path else None
     check_writable(out_dir, 3 * checkpoint_bytes(model))  # now, not after an hour of training
@@ -79,8 +86,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     bar = [progress_bar(cfg.progress_every)] if cfg.trainer.enable_progress_bar else []
     # several batches per call: the model logs the learning rate at the steps the monitor would
     lr_monitor = [LearningRateMonitor(logging_interval="step")] if steps_per_call == 1 else []
-    trainer = L.Trainer(
-        **trainer_args,
+    trainer = build(
+        "trainer",
+        functools.partial(L.Trainer, **trainer_args),
         default_root_dir=str(out_dir),
         logger=logger,
         callbacks=[
@@ -98,15 +106,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_resume(ckpt_path, model.backbone, OmegaConf.to_container(cfg.model, resolve=True))
     with stop.handling_signals():
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            with refused_at_start():
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics = scalars(trainer, "val/acc_best")
             best = checkpoint.best_model_path or None
             trainer.test(model, datamodule=datamodule, ckpt_path=best)
         except (KeyboardInterrupt, SystemExit, Diverged) as err:  # Ctrl-C, SIGTERM, NaN loss
+            if not training_began():
+                raise  # stopped while starting: nothing to save, the folder goes back as it was
             metrics = stopped_run(trainer, stop, err, out_dir)
-            metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
             if trainer.is_global_zero:
-                write_metrics(out_dir, metrics)
+                update_metrics(out_dir, metrics, time.perf_counter() - start)
             if isinstance(err, Diverged):
                 raise
             raise SystemExit(stop.exit_code) from None
@@ -117,13 +127,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         global_steps=trainer.global_step,
         torch_threads=torch.get_num_threads(),
         steps_per_call=steps_per_call,
-        wall_seconds=round(time.perf_counter() - start, 2),
         timing=timer.summary(),
         best_checkpoint=best,
         params=sum(p.numel() for p in model.parameters()),
     )
     if trainer.is_global_zero:  # one file, however many DDP processes ran
-        write_metrics(out_dir, metrics)
+        metrics = update_metrics(out_dir, metrics, time.perf_counter() - start)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # else gloo's threads may abort noisily at exit
     log.info(
         "test/acc %.4f  val/acc_best %.4f  (%s)",
         metrics.get("test/acc", float("nan")),
@@ -164,11 +175,20 @@ class _NoAdverts(logging.Filter):
 
 
 def build_model(cfg: DictConfig, steps_per_call: int = 1) -> Classifier:
-    """The chosen backbone inside the generic Classifier, with its optimizer and schedule."""
+    """The chosen backbone inside the generic Classifier, with its optimizer and schedule.
+
+    The optimizer and schedule are built once here on the backbone, so that a value torch refuses
+    is reported now, before any data is loaded; the Classifier builds its own when training starts.
+    """
+    backbone = build("model", factory("model", cfg.model))
+    optimizer = factory("optim", cfg.optim)
+    scheduler = factory("sched.scheduler", cfg.sched.scheduler)
+    with torch.random.fork_rng(devices=[]):  # the run's random numbers stay as they were
+        rehearse(backbone, optimizer, scheduler, cfg.sched.interval)
     return Classifier(
-        backbone=instantiate(cfg.model),
-        optimizer=instantiate(cfg.optim),
-        scheduler=instantiate(cfg.sched.scheduler),
+        backbone=backbone,
+        optimizer=optimizer,
+        scheduler=scheduler,
         interval=cfg.sched.interval,
         config=OmegaConf.to_container(cfg, resolve=True),
         channels_last=bool(cfg.get("channels_last", False)),
@@ -178,6 +198,37 @@ def build_model(cfg: DictConfig, steps_per_call: int = 1) -> Classifier:
         gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
         gradient_clip_algorithm=cfg.trainer.get("gradient_clip_algorithm", "norm"),
     )
+
+
+def rehearse(backbone: torch.nn.Module, optimizer: Any, scheduler: Any, interval: str) -> None:
+    """One optimizer and schedule step on a copy of the backbone: torch checks some optimizer
+    arguments only when it steps (SGD's ``dampening``), so this is where they are refused."""
+    copy = deepcopy(backbone)
+    images = torch.zeros(2, 1, 28, 28)
+
+    def step(opt: torch.optim.Optimizer) -> None:
+        opt.zero_grad()
+        copy(images).float().logsumexp(dim=1).mean().backward()
+        opt.step()
+
+    def two_steps(opt: torch.optim.Optimizer) -> None:  # momentum buffers are used from the second
+        step(opt)
+        step(opt)
+
+    opt = build("optim", optimizer, list(copy.parameters()), then=two_steps)
+    sizes = {"total_steps": 100, "steps_per_epoch": 10} if interval == "step" else {}
+    build("sched.scheduler", scheduler, opt, **sizes, then=lambda sched: (step(opt), sched.step()))
+
+
+@contextmanager
+def refused_at_start() -> Iterator[None]:
+    """Lightning checks some Trainer values only when fit starts: a refusal there is a config error."""
+    try:
+        yield
+    except MisconfigurationException as err:
+        if training_began():
+            raise
+        raise UserError(f"trainer: {reason(err)}") from err
 
 
 def check_accelerator(cfg: DictConfig) -> None:
@@ -211,15 +262,9 @@ def extra_callbacks(cfg: DictConfig) -> list[Callback]:
     callbacks: list[Callback] = [*inspection(cfg.get("inspect"))]
     es = cfg.early_stopping
     if es.enabled:
-        callbacks.append(
-            EarlyStopping(
-                monitor=es.monitor,
-                mode=es.mode,
-                patience=es.patience,
-                min_delta=es.min_delta,
-                stopping_threshold=es.get("stopping_threshold"),
-            )
-        )
+        settings = OmegaConf.to_container(es, resolve=True)
+        settings.pop("enabled")
+        callbacks.append(build("early_stopping", functools.partial(EarlyStopping, **settings)))
     return callbacks
 
 
@@ -252,10 +297,3 @@ def log_hparams(logger: TensorBoardLogger, cfg: DictConfig) -> None:
         return
     for summary in (exp, ssi, sei):
         writer.add_summary(summary)
-
-
-def write_metrics(out_dir: Path, metrics: dict[str, Any]) -> None:
-    path = out_dir / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)

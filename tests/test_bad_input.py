@@ -1,8 +1,11 @@
-"""A catalogue of bad command lines: each gets a short message, exit code 2 and no traceback.
+"""A catalogue of bad command lines: each gets a short message, exit code 2, no traceback, no folder.
 
-Every case runs ``python -m mnist_lit`` as a user would, in an empty folder, with a stand-in
-``torch`` package on the path that fails when imported: bad input must be answered before torch
-loads (and, with it, seconds of startup).
+Every case runs ``python -m mnist_lit`` as a user would, in an empty folder. The first catalogue
+runs with a stand-in ``torch`` package on the path that fails when imported: what the package
+checks itself (types and ranges of the values it computes with, Hydra's own errors) must be
+answered before torch loads (and, with it, seconds of startup). The second catalogue holds values
+only the libraries know to refuse (torch's optimizers and schedules, the model classes, Lightning's
+Trainer and callbacks): they are refused where those are built, before any training.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["data.batch_size=2.5"], ["data.batch_size=2.5 is not allowed", "an integer >= 1"]),
     (["data.batch_size=[1,2]"], ["data.batch_size=[1, 2] is not allowed"]),
     (["seed=1.5"], ["seed=1.5 is not allowed", "an integer"]),
+    (["seed=4294967296"], ["seed=4294967296 is not allowed", "0..4294967295"]),
+    (["seed=-1"], ["seed=-1 is not allowed", "numpy's range"]),
     (["trainer.max_epochs=two"], ["trainer.max_epochs='two' is not allowed", "an integer >= 1"]),
     (
         ["trainer.deterministic=maybe"],
@@ -44,7 +49,12 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["data.val_size=60000"], ["data.val_size=60000 is not allowed", "1..59999"]),
     (["trainer.max_epochs=0"], ["trainer.max_epochs=0 is not allowed", "an integer >= 1"]),
     (["optim=sgd", "optim.momentum=1.5"], ["optim.momentum=1.5 is not allowed", "[0, 1)"]),
+    (["model=tutorialnet", "model.dropout=2"], ["model.dropout=2 is not allowed", "[0, 1)"]),
     (["trainer.precision=8"], ["trainer.precision=8 is not allowed", "16-mixed"]),
+    (["trainer.precision=64"], ["trainer.precision=64 is not allowed", "bf16-mixed"]),
+    (["trainer.log_every_n_steps=0"], ["trainer.log_every_n_steps=0 is not allowed", "an integer >= 1"]),
+    (["trainer.check_val_every_n_epoch=0"], ["trainer.check_val_every_n_epoch=0 is not allowed"]),
+    (["trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches=0 is not allowed"]),
     (["threads=0"], ["threads=0 is not allowed", "null or an integer >= 1"]),
     (["steps_per_call=0"], ["steps_per_call=0 is not allowed", "auto or an integer >= 1"]),
     (["steps_per_call=many"], ["steps_per_call='many' is not allowed", "auto or an integer >= 1"]),
@@ -100,6 +110,10 @@ def test_bad_command_line(args: list[str], expected: list[str], no_torch: Path, 
         text=True,
         timeout=120,
     )
+    check_refused(proc, expected, tmp_path)
+
+
+def check_refused(proc: subprocess.CompletedProcess[str], expected: list[str], cwd: Path) -> None:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output
     assert "Traceback" not in output, output
@@ -107,3 +121,67 @@ def test_bad_command_line(args: list[str], expected: list[str], no_torch: Path, 
         assert text in output, f"{text!r} not in:\n{output}"
     # short: the message, not a page (Hydra lists a group's options, one per line)
     assert len(output.splitlines()) <= 25, output
+    assert not (cwd / "outputs").exists(), "a refused command left a run folder behind"
+
+
+TINY = ["trainer.limit_train_batches=3", "trainer.enable_progress_bar=false", "inspect.enabled=false"]
+# (command line, text the message must contain): values torch, Lightning or a model class refuses
+LIBRARY_CASES: list[tuple[list[str], list[str]]] = [
+    (["+optim.foo=1"], ["optim.foo is not an argument of torch.optim.Adam", "weight_decay"]),
+    (["optim.betas=[2,0.9]"], ["optim.betas=[2, 0.9] is not allowed by torch.optim.Adam", "Invalid beta"]),
+    (["+optim.eps=-1"], ["optim.eps=-1 is not allowed by torch.optim.Adam", "Invalid epsilon"]),
+    (["optim=adadelta", "optim.rho=2"], ["optim.rho=2 is not allowed by torch.optim.Adadelta"]),
+    (
+        ["optim=sgd", "optim.momentum=0", "optim.nesterov=true"],
+        ["optim.nesterov=True is not allowed by torch.optim.SGD", "Nesterov momentum requires"],
+    ),
+    (
+        ["optim=nadam", "+optim.momentum_decay=-1"],
+        ["optim.momentum_decay=-1 is not allowed by torch.optim.NAdam"],
+    ),
+    # torch checks this one only when the optimizer steps
+    (["optim=sgd", "+optim.dampening=abc"], ["optim.dampening='abc' is not allowed by torch.optim.SGD"]),
+    (["sched=steplr", "+sched.scheduler.foo=1"], ["sched.scheduler.foo is not an argument of", "StepLR"]),
+    (["sched.scheduler.div_factor=0"], ["sched.scheduler.div_factor=0 is not allowed", "ZeroDivisionError"]),
+    (
+        ["+sched.scheduler.anneal_strategy=zigzag"],
+        ["sched.scheduler.anneal_strategy='zigzag' is not allowed", "'cos' or 'linear'"],
+    ),
+    (["sched=warmup", "+sched.scheduler.foo=1"], ["sched.scheduler.foo is not an argument of"]),
+    (["+model.width=3"], ["model.width is not an argument of mnist_lit.models.TwoConv", "activation"]),
+    (["model=resnet", "+model.foo=1"], ["model.foo is not an argument of mnist_lit.models.ResNet8"]),
+    (["+data.foo=1"], ["data.foo is not an argument of mnist_lit.data.MNISTDataModule", "batch_size"]),
+    (["+trainer.foo=1"], ["trainer.foo is not an argument of lightning.Trainer", "max_epochs"]),
+    (["trainer.gradient_clip_algorithm=foo"], ["trainer.gradient_clip_algorithm='foo' is not allowed"]),
+    (["trainer.benchmark=3"], ["trainer.benchmark=3 is not allowed by lightning.Trainer", "bool"]),
+    (["+trainer.profiler=nope"], ["trainer.profiler='nope' is not allowed", "simple"]),
+    (["+trainer.max_time=abc"], ["trainer.max_time='abc' is not allowed", "DD:HH:MM:SS"]),
+    (["+trainer.max_steps=-5"], ["trainer.max_steps=-5 is not allowed", "non-negative"]),
+    (["+trainer.overfit_batches=-1"], ["trainer.overfit_batches=-1 is not allowed"]),
+    (["+trainer.val_check_interval=-1"], ["trainer.val_check_interval=-1 is not allowed"]),
+    (["+trainer.strategy=nope"], ["trainer.strategy='nope' is not allowed"]),
+    (
+        ["early_stopping.enabled=true", "early_stopping.mode=up"],
+        ["early_stopping.mode='up' is not allowed by", "EarlyStopping", "min, max"],
+    ),
+    # found only when fit starts, once the training data is known
+    (
+        ["steps_per_call=1", "trainer.limit_train_batches=0.0001"],
+        ["trainer: You requested to check 0.0001 of the `train_dataloader`"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), LIBRARY_CASES, ids=[" ".join(a) for a, _ in LIBRARY_CASES])
+def test_library_refusal(args: list[str], expected: list[str], mnist_root: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["MNIST_ROOT"] = str(mnist_root)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mnist_lit", *TINY, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    check_refused(proc, expected, tmp_path)

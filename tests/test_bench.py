@@ -57,11 +57,22 @@ FLOPS_KEYS = {
 STARTUP_CASE_KEYS = {"seconds", "exit_code", "expected_exit_code", "heavy_imports", "target_s"}
 
 
+def git_status() -> str:
+    found = subprocess.run(
+        ["git", "status", "--porcelain", "bench"], cwd=REPO, capture_output=True, text=True
+    )
+    return found.stdout if found.returncode == 0 else ""
+
+
 def test_quick_bench_writes_every_field(mnist_root: Path, tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+    """Without --out, the smoke run's numbers go to the uncommitted outputs/, never bench/results.json."""
+    out = REPO / "outputs" / "bench" / "quick.json"
+    out.unlink(missing_ok=True)
+    committed = (REPO / "bench" / "results.json").read_bytes()
+    status = git_status()
     env = {**os.environ, "MNIST_ROOT": str(mnist_root)}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bench.py"), "--quick", "--threads", "1", "--out", str(out)],
+        [sys.executable, str(REPO / "bench" / "bench.py"), "--quick", "--threads", "1"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -69,6 +80,8 @@ def test_quick_bench_writes_every_field(mnist_root: Path, tmp_path: Path) -> Non
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (REPO / "bench" / "results.json").read_bytes() == committed
+    assert git_status() == status
     res = json.loads(out.read_text())
     assert res["quick"] is True
     assert {"machine", "overhead", "seeds", "time_to_99", "flops", "startup", "bench_seconds"} <= set(res)

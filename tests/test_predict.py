@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,11 @@ def test_predict_reads_user_images_and_survives_bad_files(
     truth = user_images(tmp_path / "digits", mnist_root)
     (tmp_path / "digits" / "empty.png").write_bytes(b"")
     (tmp_path / "digits" / "notes.txt").write_text("not a picture\n")
+    # over Pillow's pixel limit (it warns), and over twice that (it refuses): tiny files, all white
+    Image.new("1", (9500, 9500)).save(tmp_path / "digits" / "bomb.png")
+    Image.new("1", (13500, 13500)).save(tmp_path / "digits" / "huge.png")
+    Image.effect_noise((200, 200), 60).save(tmp_path / "noise.png")
+    (tmp_path / "digits" / "cut.png").write_bytes((tmp_path / "noise.png").read_bytes()[:2000])
     preview = tmp_path / "seen.png"
     result = run_cli(
         f"ckpt={trained_run}", f"images={tmp_path / 'digits'}", f"preview={preview}", "threads=1",
@@ -62,7 +68,14 @@ def test_predict_reads_user_images_and_survives_bad_files(
     assert right >= 9, result.stdout
     assert f"{tmp_path / 'digits' / 'empty.png'}: empty file" in result.stderr
     assert f"{tmp_path / 'digits' / 'notes.txt'}: not an image" in result.stderr
+    assert (
+        f"{tmp_path / 'digits' / 'bomb.png'}: Pillow warns about it (DecompressionBombWarning"
+        in result.stderr
+    )
+    assert f"{tmp_path / 'digits' / 'huge.png'}: refused by Pillow" in result.stderr
+    assert f"{tmp_path / 'digits' / 'cut.png'}: damaged image" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not re.search(r"\.py:\d+: \w*Warning", result.stderr)  # no Python warning printed
     with Image.open(preview) as img:
         assert img.width > 10 * 56
 

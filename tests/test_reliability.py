@@ -253,8 +253,8 @@ def test_run_on_damaged_data_stops_before_training(tmp_path: Path, mnist_root: P
     result = run_cli(*EXACT, cwd=tmp_path, mnist_root=data)
     assert result.returncode == 2
     assert "train-images-idx3-ubyte is corrupted" in result.stderr and "Traceback" not in result.stderr
-    (run_dir,) = run_dirs(tmp_path)
-    assert not (run_dir / "checkpoints").exists()  # not a single step was trained
+    assert run_dirs(tmp_path) == []  # refused before training: no half-made run folder is left
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_the_official_files_pass(mnist_root: Path) -> None:
@@ -332,28 +332,31 @@ def test_full_disk_stops_before_training(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 # 7. concurrent runs
-def test_two_runs_started_together_never_share_a_directory(tmp_path: Path) -> None:
-    # the same folder for both stands for two runs started in the same microsecond; each run is
-    # stopped by its own bad value right after its folder was claimed, which keeps this fast
+def test_two_runs_started_together_never_share_a_directory(tmp_path: Path, mnist_root: Path) -> None:
+    # the same folder for both stands for two runs started in the same microsecond
     same = tmp_path / "outputs" / "runs" / "same"
     results: dict[str, subprocess.CompletedProcess[str]] = {}
+    tiny = [a for a in EXACT if not a.startswith(("trainer.max_epochs", "trainer.limit_train", "seed="))]
 
-    def start(lr: str) -> None:
-        results[lr] = run_cli(f"optim.lr={lr}", f"hydra.run.dir={same}", cwd=tmp_path)
+    def start(seed: str) -> None:
+        results[seed] = run_cli(
+            *tiny, "trainer.max_epochs=1", "trainer.limit_train_batches=2", f"seed={seed}",
+            f"hydra.run.dir={same}", cwd=tmp_path, mnist_root=mnist_root,
+        )  # fmt: skip
 
-    threads = [threading.Thread(target=start, args=(lr,)) for lr in ("0", "-1")]
+    threads = [threading.Thread(target=start, args=(seed,)) for seed in ("11", "12")]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert {lr: r.returncode for lr, r in results.items()} == {"0": 2, "-1": 2}
+    assert {seed: r.returncode for seed, r in results.items()} == {"11": 0, "12": 0}
     dirs = run_dirs(tmp_path)
     assert {d.name for d in dirs} == {"same", "same-1"}
     for d in dirs:  # each folder holds one run's record and log, never a mix
-        (lr,) = [a for a in (d / ".hydra" / "overrides.yaml").read_text().split() if a.startswith("optim.lr")]
+        (seed,) = [a for a in (d / ".hydra" / "overrides.yaml").read_text().split() if a.startswith("seed=")]
+        assert read_metrics(d)["status"] == "completed"
         log = (d / "mnist_lit.log").read_text()
-        assert f"{lr} is not allowed" in log
-        assert log.count("is not allowed") == 1
+        assert log.count("Seed set to") == 1 and f"Seed set to {seed.split('=')[1]}" in log
 
 
 def test_parallel_sweep_jobs_write_into_their_own_folders(tmp_path: Path) -> None:
