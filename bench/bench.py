@@ -37,6 +37,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -522,6 +523,56 @@ def leg_time_to_99(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
     return out
 
 
+def leg_side_by_side(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Two default runs started together by hand, against one alone, in this bench run.
+
+    Each run chooses its torch threads from the cores other programs leave free (mnist_lit/threads.py).
+    For contrast, the same with ``threads=2`` fixed: every run on every core, as torch does by default.
+    Rates are each run's own training throughput (metrics.json), one epoch each.
+    """
+    args = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", *(QUICK_LIMITS if quick else [])]
+
+    def rate(metrics: dict[str, Any]) -> float:
+        return float(metrics["timing"]["train_images_per_s"])
+
+    def alone(name: str, extra: list[str]) -> float:
+        return max(
+            rate(package_run([*args, *extra], ctx["tmp"], ctx["root"], f"{name}_{i}")[0])
+            for i in range(ctx["repeats"])
+        )
+
+    def together(name: str, extra: list[str]) -> list[float]:
+        found: dict[int, float] = {}
+
+        def one(i: int) -> None:
+            found[i] = rate(package_run([*args, *extra], ctx["tmp"], ctx["root"], f"{name}_{i}")[0])
+
+        pair = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+        for t in pair:
+            t.start()
+        for t in pair:
+            t.join()
+        if len(found) != 2:
+            raise RuntimeError(f"side by side ({name}): a run failed")
+        return [found[0], found[1]]
+
+    solo = alone("solo", [])
+    pair = together("pair", [])
+    fixed_solo = alone("fixed_solo", ["threads=2"])
+    fixed_pair = together("fixed_pair", ["threads=2"])
+    return {
+        "solo_images_per_s": round(solo, 1),
+        "pair_images_per_s": [round(r, 1) for r in pair],
+        "pair_over_solo": [ratio(r, solo) for r in pair],
+        "target_pair_over_solo": 0.4,
+        "fixed_solo_images_per_s": round(fixed_solo, 1),
+        "fixed_pair_images_per_s": [round(r, 1) for r in fixed_pair],
+        "fixed_pair_over_solo": [ratio(r, fixed_solo) for r in fixed_pair],
+        "solo_over_fixed_solo": ratio(solo, fixed_solo),
+        "target_solo_over_fixed_solo": 0.97,
+    }
+
+
 def matmul_flops(n: int, seconds: float) -> float:
     """float32 FLOP/s of an n x n matrix product, repeated for about ``seconds``."""
     dev = device()
@@ -662,6 +713,26 @@ def table(res: dict[str, Any]) -> str:
             f"| time to 99% | fast vs 3 hand-loop twoconv epochs | {t['fast_wall_s']} s "
             f"| {3 * t['hand_twoconv_epoch_s']:.2f} s | {t['fast_over_3_hand_epochs']} | <= 1.0 |"
         )
+    sb = res.get("side_by_side")
+    if sb:
+        pair = " and ".join(f"{r:,.0f}" for r in sb["pair_images_per_s"])
+        fixed = " and ".join(f"{r:,.0f}" for r in sb["fixed_pair_images_per_s"])
+        lines.append(
+            f"| side by side | two default runs started together, each vs one alone | {pair} img/s "
+            f"| alone {sb['solo_images_per_s']:,.0f} img/s | {min(sb['pair_over_solo'])} (lower of the two) "
+            f"| >= {sb['target_pair_over_solo']} |"
+        )
+        lines.append(
+            f"| side by side | the same with threads=2 fixed (torch's default) | {fixed} img/s "
+            f"| alone {sb['fixed_solo_images_per_s']:,.0f} img/s "
+            f"| {min(sb['fixed_pair_over_solo'])} | contrast |"
+        )
+        lines.append(
+            f"| side by side | one run alone: threads chosen vs threads=2 "
+            f"| {sb['solo_images_per_s']:,.0f} img/s "
+            f"| {sb['fixed_solo_images_per_s']:,.0f} img/s | {sb['solo_over_fixed_solo']} "
+            f"| >= {sb['target_solo_over_fixed_solo']} |"
+        )
     f = res["flops"]
     lines.append(
         f"| FLOP/s | twoconv batch {f['best_batch']} training | {f['achieved_flop_per_s'] / 1e9:.2f} GFLOP/s "
@@ -757,6 +828,7 @@ def main(argv: list[str] | None = None) -> int:
             "overhead": overhead,
             "seeds": leg_seeds(ctx, overhead, limit),
             "time_to_99": leg_time_to_99(ctx, a.quick),
+            "side_by_side": leg_side_by_side(ctx, a.quick),
             "flops": leg_flops(ctx, overhead, a.quick),
             "startup": leg_startup(ctx, overhead, 0 if a.quick else 3),
         }

@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 from mnist_lit.cli import quote_paths
 from mnist_lit.config import check_config, check_gpu, check_overrides
 from mnist_lit.errors import UserError
-from mnist_lit.rundir import check_not_complete, rank_zero, resume_argv, started, undo
-from mnist_lit.sweep import in_multirun, one_line, record_failure
+from mnist_lit.rundir import check_not_complete, rank_zero, resume_argv, started, to_run_log, undo
+from mnist_lit.sweep import check_not_a_sweep, in_multirun, one_line, record_failure
 
 log = logging.getLogger("mnist_lit")
 
@@ -33,6 +33,7 @@ def run(cfg: DictConfig) -> float | None:
     """
     start = time.perf_counter()
     try:
+        check_not_a_sweep()
         check_config(cfg)
         check_gpu(cfg)
         check_not_complete(cfg)
@@ -50,7 +51,7 @@ def run(cfg: DictConfig) -> float | None:
             sys.exit(err.exit_code)
         # refused before training: the run folder goes back to what it was; later, its log keeps why
         if not undo():
-            log_to_file(err)
+            to_run_log(logging.ERROR, "%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except Exception as err:
@@ -62,14 +63,6 @@ def run(cfg: DictConfig) -> float | None:
             record_failure(err, time.perf_counter() - start)
         raise
     return metrics.get("val/acc_best")
-
-
-def log_to_file(err: UserError) -> None:
-    """Write the error into the run's log file only (Hydra's console handler would repeat it)."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (err,), None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
 
 
 def main() -> None:

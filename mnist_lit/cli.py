@@ -18,6 +18,16 @@ from mnist_lit.config import _integer, check_rules, positive_int
 from mnist_lit.errors import UserError
 
 Rules = dict[str, tuple[Callable[[Any], bool], str]]
+
+
+def group_options(group: str) -> str:
+    """The options of a config group, as --help lists them (``${mnist_lit_options:model}``)."""
+    from mnist_lit.config import CONF_DIR
+
+    return ", ".join(sorted(f.stem for f in (CONF_DIR / group).glob("*.yaml")))
+
+
+OmegaConf.register_new_resolver("mnist_lit_options", group_options, replace=True)
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -62,6 +72,16 @@ def quote_paths(argv: list[str], keys: tuple[str, ...] = PATH_KEYS) -> list[str]
     return out
 
 
+def prepare_argv(config_name: str) -> None:
+    """Before Hydra parses a checkpoint command's line: misspelled keys and options get one line
+    with the closest names, and path values are quoted (they may hold ``=`` or ``,``)."""
+    from mnist_lit.config import check_overrides
+
+    with user_errors():
+        check_overrides(sys.argv[1:], primary=config_name)
+    sys.argv[1:] = quote_paths(sys.argv[1:])
+
+
 def int_list(lo: int, hi: int) -> Callable[[Any], bool]:
     """A non-empty list of integers in lo..hi."""
     return lambda x: isinstance(x, list) and bool(x) and all(_integer(v) and lo <= v <= hi for v in x)
@@ -69,7 +89,11 @@ def int_list(lo: int, hi: int) -> Callable[[Any], bool]:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """A UserError becomes ``error: MESSAGE`` on stderr and its exit code, not a traceback."""
+    """A UserError becomes ``error: MESSAGE`` on stderr and its exit code, not a traceback.
+
+    A reader that stops early (``| head``) closes the pipe; the rest of the output is dropped
+    quietly, as a shell tool does, instead of ending in a BrokenPipeError.
+    """
     try:
         yield
     except UserError as err:
@@ -77,6 +101,9 @@ def user_errors() -> Iterator[None]:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(0)
 
 
 def model_override(cfg: DictConfig) -> dict[str, Any] | None:

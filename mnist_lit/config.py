@@ -6,13 +6,16 @@ schema cannot say: types and ranges. Each failure names the key, the value and w
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lit.errors import UserError
@@ -172,28 +175,86 @@ def check_rules(cfg: DictConfig, rules: dict[str, tuple[Callable[[Any], bool], s
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
-def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
-    """Reject an override with no key (``=5``), which Hydra would answer with a traceback, and an
-    unknown option of one of our config groups (``model=nope``), in one line that lists the options.
+def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR, primary: str = "config") -> None:
+    """Before Hydra composes the command line: an override with no key (``=5``, which Hydra would
+    answer with a traceback), a key no config file has (``trainer.max_epoch``) and an unknown option
+    of one of our config groups (``model=nope``) each get one line, with the closest valid names.
+
+    Keys added with ``+`` and Hydra's own (``hydra.``, ``hydra/launcher=``) are left to Hydra.
     """
+    keys: set[str] | None = None
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue
         key, value = arg.split("=", 1)
-        key = key.lstrip("+~")
-        if not key:
+        if not key.lstrip("+~"):
             raise UserError(f"override {arg!r} has no key: write KEY=VALUE, e.g. optim.lr=0.01")
-        group = conf_dir / key
-        if "/" in key or "." in key or not group.is_dir():
-            continue  # a value, or a group of Hydra's own (hydra/launcher=...): Hydra checks those
-        if any(c in value for c in "()[]{}$*"):
-            continue  # sweep syntax (choice(...), range(...), glob(...)) or an interpolation
-        options = sorted(f.stem for f in group.glob("*.yaml"))
-        for choice in value.split(","):
-            if choice.strip() not in (*options, "null", ""):
-                raise UserError(
-                    f"{key}={choice.strip()} is not an option of {key}: use one of {', '.join(options)}"
-                )
+        if key.startswith("+") or key.lstrip("~").startswith("hydra") or "/" in key:
+            continue  # a new key, or Hydra's: Hydra checks those
+        key = key.lstrip("~")
+        groups = config_groups(conf_dir, primary)
+        if key in groups:
+            check_options(key, value, sorted(f.stem for f in (conf_dir / key).glob("*.yaml")))
+            continue
+        keys = config_keys(conf_dir, primary) if keys is None else keys
+        if key not in keys:
+            raise UserError(
+                f"{key} is not a key of this command's config{did_you_mean(key, keys | set(groups))}; "
+                f"to add a new key, write +{key}={value}"
+            )
+
+
+def check_options(group: str, value: str, options: list[str]) -> None:
+    """``group=a,b`` names options of the group (a sweep's choice(...), range(...) are Hydra's)."""
+    if any(c in value for c in "()[]{}$*"):
+        return  # sweep syntax (choice(...), range(...), glob(...)) or an interpolation
+    for choice in value.split(","):
+        if choice.strip() not in (*options, "null", ""):
+            hint = did_you_mean(choice.strip(), options)
+            raise UserError(
+                f"{group}={choice.strip()} is not an option of {group}{hint}: use one of {', '.join(options)}"
+            )
+
+
+def config_groups(conf_dir: Path = CONF_DIR, primary: str = "config") -> list[str]:
+    """The config groups the primary config's defaults list composes (``model``, ``optim``, ...)."""
+    defaults = (yaml.safe_load((conf_dir / f"{primary}.yaml").read_text()) or {}).get("defaults", [])
+    names = [next(iter(d)) for d in defaults if isinstance(d, dict)]
+    return [n for n in names if not n.startswith("override") and (conf_dir / n).is_dir()]
+
+
+def config_keys(conf_dir: Path = CONF_DIR, primary: str = "config") -> set[str]:
+    """Every key a command line may set: those of the primary config and of its groups' options.
+
+    Read from the YAML files themselves (a group option's keys sit under its ``# @package``, the
+    group's name by default), so a misspelled key is answered before Hydra composes anything.
+    """
+    keys: set[str] = set()
+    files = [(conf_dir / f"{primary}.yaml", "")]
+    for group in config_groups(conf_dir, primary):
+        files += [(f, group) for f in sorted((conf_dir / group).glob("*.yaml"))]
+    for path, group in files:
+        text = path.read_text()
+        header = re.search(r"^# @package (\S+)", text, re.MULTILINE)
+        package = header.group(1) if header else group
+        package = "" if package == "_global_" else package
+        _collect(yaml.safe_load(text) or {}, package, keys)
+    return keys
+
+
+def _collect(node: Any, prefix: str, keys: set[str]) -> None:
+    if prefix:
+        keys.add(prefix)
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key != "defaults" and not (prefix == "" and key == "hydra"):
+                _collect(value, f"{prefix}.{key}" if prefix else str(key), keys)
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest candidates, or ''."""
+    close = difflib.get_close_matches(word, sorted(candidates), n=2, cutoff=0.8)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 def check_gpu(cfg: DictConfig) -> None:

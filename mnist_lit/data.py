@@ -178,6 +178,8 @@ class MNISTDataModule(L.LightningDataModule):
         return ((images.float() / 255.0 - self.mean) / self.std).unsqueeze(1)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
+        if isinstance(batch, torch.Tensor):  # the model's example input (for its summary): an image already
+            return batch
         images, labels = batch
         images = self.normalize(images)
         trainer = self.trainer

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ from mnist_lit.cli import (
     int_list,
     model_override,
     optional_positive_int,
-    quote_paths,
+    prepare_argv,
     torch_device,
     user_errors,
 )
@@ -275,5 +274,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = quote_paths(sys.argv[1:])
+    prepare_argv("evaluate")
     main()

@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig
 
-from mnist_lit.cli import COMMON, check, model_override, quote_paths, torch_device, user_errors
+from mnist_lit.cli import COMMON, check, model_override, prepare_argv, torch_device, user_errors
 from mnist_lit.config import _number, positive_int
 from mnist_lit.errors import UserError
 
@@ -170,5 +169,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = quote_paths(sys.argv[1:])
+    prepare_argv("export")
     main()

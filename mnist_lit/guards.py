@@ -106,7 +106,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
     def on_exception(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         exception = args[-1] if args else kwargs.get("exception")
         if isinstance(exception, SIGTERMException):
-            super().on_exception(trainer)
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)  # the whole training state
             log.info("resumable checkpoint written: %s", self.ckpt_path)
 
 
@@ -229,12 +229,19 @@ def stopped_run(trainer: L.Trainer, stop: GracefulStop, err: BaseException, out_
     }
     if "val/acc_best" in trainer.callback_metrics:
         metrics["val/acc_best"] = float(trainer.callback_metrics["val/acc_best"])
-    if status == "interrupted":
+    if status == "interrupted" and resume:
         log.warning(
             "run interrupted at epoch %d, step %d (%s); resume with: python -m mnist_lit ckpt_path=%s",
             trainer.current_epoch,
             trainer.global_step,
             out_dir,
-            resume if resume else "(no checkpoint was written yet: start again)",
+            resume,
+        )
+    elif status == "interrupted":
+        log.warning(
+            "run interrupted at epoch %d, step %d (%s), before its first checkpoint: nothing to resume",
+            trainer.current_epoch,
+            trainer.global_step,
+            out_dir,
         )
     return metrics

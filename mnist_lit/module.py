@@ -124,6 +124,8 @@ class Classifier(L.LightningModule):
         self.test_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run must remember its best epoch
+        # one digit: the model summary shows each layer's output size and FLOPs for it
+        self.example_input_array = torch.zeros(1, 1, 28, 28)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
@@ -180,6 +182,7 @@ class Classifier(L.LightningModule):
 
     def log_step(self, step: int, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """train/loss_step and the learning rate, tagged as Lightning and its LearningRateMonitor tag them."""
+        loss = loss.detach()
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
         if self.logger is None:
             return
@@ -195,8 +198,9 @@ class Classifier(L.LightningModule):
                     config.scheduler.step()
         self.train_totals.fold()
         loss_sum, correct, seen = self.train_totals.compute()  # summed over DDP processes
-        self.log("train/loss_epoch", (loss_sum / seen).float(), prog_bar=True)
-        self.log("train/acc", (correct / seen).float(), prog_bar=True)
+        # the same value on every DDP process already; sync_dist says so to Lightning (a mean of equals)
+        self.log("train/loss_epoch", (loss_sum / seen).float(), prog_bar=True, sync_dist=True)
+        self.log("train/acc", (correct / seen).float(), prog_bar=True, sync_dist=True)
         self.train_totals.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -212,7 +216,7 @@ class Classifier(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_train_start(self) -> None:
         # the sanity check must not count as an epoch, nor a resumed run's stale value survive

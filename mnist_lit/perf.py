@@ -1,4 +1,4 @@
-"""Speed plumbing: an epoch timer for metrics.json and a progress bar that redraws every N steps.
+"""Speed plumbing: an epoch timer for metrics.json.
 
 The timer lets ``bench/bench.py`` (and users) read a run's training throughput from the run
 itself, measured the same way the benchmark measures its hand-written loops.
@@ -11,8 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+from lightning.pytorch.callbacks import Callback
 
 
 def _sync(device: torch.device) -> None:
@@ -80,28 +79,3 @@ class EpochTimer(Callback):
             "train_images_per_s": round(rates[-1], 1) if rates else None,
             "train_images_per_cpu_s": round(cpu_rates[-1], 1) if cpu_rates else None,
         }
-
-
-class SparseRichProgressBar(RichProgressBar):
-    """Lightning's rich bar, redrawn every ``refresh_rate`` training batches instead of every one.
-
-    Each redraw reads every progress-bar metric back from its tensor; for a network as small as
-    MNIST's that costs a noticeable share of a step.
-    """
-
-    def __init__(self, refresh_rate: int = 1, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.every = max(1, refresh_rate)
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if (batch_idx + 1) % self.every == 0 or batch_idx + 1 == trainer.num_training_batches:
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-
-def progress_bar(refresh_rate: int) -> Callback:
-    """The progress bar Lightning would pick (rich when installed, else tqdm), redrawn every N batches."""
-    if _RICH_AVAILABLE:
-        return SparseRichProgressBar(refresh_rate=refresh_rate)
-    return TQDMProgressBar(refresh_rate=refresh_rate)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from mnist_lit.cli import COMMON, check, model_override, quote_paths, torch_device, user_errors
+from mnist_lit.cli import COMMON, check, model_override, prepare_argv, torch_device, user_errors
 from mnist_lit.errors import UserError
 
 if TYPE_CHECKING:
@@ -226,5 +226,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = quote_paths(sys.argv[1:])
+    prepare_argv("predict")
     main()

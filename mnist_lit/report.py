@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from mnist_lit.cli import user_errors
 from mnist_lit.errors import UserError
 
 # test accuracy (%) and epochs each seed report quotes for the recipe an experiment preset reproduces
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         help="treat each DIR as a folder of per-preset sweeps and print the seed comparison table",
     )
     args = parser.parse_args(argv)
-    try:
+    with user_errors():
         for d in args.dirs:
             if not d.is_dir():
                 raise UserError(f"sweep directory {str(d)!r} does not exist")
@@ -276,10 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if not args.no_write:
                 report.write(d)
-            print(report.markdown())
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+            print(report.markdown(), flush=True)
     return 0
 
 

@@ -130,6 +130,16 @@ def undo() -> bool:
     return True
 
 
+def to_run_log(level: int, message: str, *args: Any) -> None:
+    """A line for the run's log file only: the console has it already, or must not be disturbed
+    (a line printed under a live progress bar breaks it)."""
+    log = logging.getLogger("mnist_lit")
+    record = log.makeRecord(log.name, level, __file__, 0, message, args, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def newest(files: list[Path]) -> Path | None:
     """The most recently written of ``files`` that exist (None if none does)."""
     existing = [f for f in files if f.is_file()]

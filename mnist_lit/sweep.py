@@ -7,7 +7,6 @@ any job starts, and a failing job must be recorded even when torch itself failed
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lit.errors import UserError
 from mnist_lit.record import read_metrics, update_metrics, written_here
 from mnist_lit.rundir import rank_zero
+from mnist_lit.threads import available_cores, parallel_jobs
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,23 @@ OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 def in_multirun() -> bool:
     """True inside a job of a ``-m`` sweep (any launcher), where one failure must not stop the others."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_not_a_sweep() -> None:
+    """A sweep preset (it sets ``hydra.sweeper.params``) started without ``-m`` would train one
+    default job and say nothing; it is refused with the command that starts the sweep."""
+    hydra_cfg = HydraConfig.get()
+    params = hydra_cfg.sweeper.get("params") or {}
+    if hydra_cfg.mode == RunMode.MULTIRUN or not params:
+        return
+    choices = hydra_cfg.runtime.choices
+    preset = next(
+        (f"{g}={choices[g]}" for g in ("experiment", "hparams_search") if choices.get(g)), "this config"
+    )
+    over = ", ".join(str(k) for k in params)
+    raise UserError(
+        f"{preset} is a sweep (over {over}): start it with -m, as python -m mnist_lit -m {preset}"
+    )
 
 
 def one_line(err: BaseException) -> str:
@@ -76,39 +93,16 @@ def record_failure(err: BaseException, seconds: float) -> dict[str, Any]:
     return update_metrics(out_dir, failure, seconds)
 
 
-def available_cores() -> int:
-    """Cores this process may run on (the affinity mask, which containers and SLURM restrict)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+def quiet_optuna(config: DictConfig) -> None:
+    """Before the Optuna sweeper loads: its database layer (alembic) logs a line per plugin it sets
+    up, and Optuna logs through its own coloured handler (raw colour codes in a file or a pipe)
+    what the sweeper's own lines say again. Warnings still come through."""
+    if "optuna" not in str(config.hydra.sweeper.get("_target_", "")).lower():
+        return
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import optuna
 
-
-def job_threads(requested: int | None) -> int | None:
-    """Torch threads for this job: ``threads`` when set, else cores / parallel jobs under joblib.
-
-    joblib's ``n_jobs`` follows its own convention: -1 is every core, -2 all but one, and so on.
-    Returns None (torch's default) for runs that do not share the machine with sibling jobs.
-    """
-    if requested:
-        return requested
-    if not HydraConfig.initialized():
-        return None
-    parallel = parallel_jobs(HydraConfig.get().launcher)
-    return None if parallel is None else max(1, available_cores() // parallel)
-
-
-def parallel_jobs(launcher: DictConfig) -> int | None:
-    """How many jobs the joblib launcher runs at once (its ``n_jobs``); None for other launchers."""
-    if "joblib" not in str(launcher.get("_target_", "")).lower():
-        return None
-    n_jobs = launcher.get("n_jobs")
-    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0:
-        raise UserError(
-            f"hydra.launcher.n_jobs={n_jobs} is not allowed: use a whole number of jobs at once, "
-            "or -1 for one per core (-2 all cores but one, ...)"
-        )
-    return n_jobs if n_jobs > 0 else max(1, available_cores() + 1 + n_jobs)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 class ResultsTable(Callback):
@@ -120,6 +114,7 @@ class ResultsTable(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Before any job: joblib's n_jobs is valid, and a warning when jobs x threads oversubscribe."""
+        quiet_optuna(config)
         try:
             parallel = parallel_jobs(config.hydra.launcher)
         except UserError as err:  # Hydra turns a callback's exceptions into warnings: stop here

@@ -26,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mnist_lit.errors import UserError
+from mnist_lit.rundir import to_run_log
 
 log = logging.getLogger("mnist_lit")
 
@@ -120,8 +121,8 @@ def fair_threads_callback() -> Any:
             self.cores = available_cores()
             self.next_check = 0.0
 
-        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            self.adjust(first=True)
+        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+            self.adjust(first=True)  # after the data is loaded, before any progress bar is drawn
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
             if time.monotonic() >= self.next_check:
@@ -142,7 +143,8 @@ def fair_threads_callback() -> Any:
                     others,
                 )
             elif threads != torch.get_num_threads():
-                log.info(
+                to_run_log(
+                    logging.INFO,
                     "torch threads: %d now (other programs are using about %.1f of %d cores)",
                     threads,
                     others,

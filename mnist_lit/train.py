@@ -25,6 +25,7 @@ from mnist_lit.building import build, factory, reason
 from mnist_lit.callbacks import from_config as inspection
 from mnist_lit.checkpoint import check_resume
 from mnist_lit.config import resolve_steps_per_call
+from mnist_lit.console import ModelTable, progress_bar
 from mnist_lit.errors import UserError
 from mnist_lit.guards import (
     Diverged,
@@ -35,10 +36,10 @@ from mnist_lit.guards import (
     stopped_run,
 )
 from mnist_lit.module import Classifier
-from mnist_lit.perf import EpochTimer, progress_bar
+from mnist_lit.perf import EpochTimer
 from mnist_lit.record import update_metrics
 from mnist_lit.rundir import find_checkpoint, training_began
-from mnist_lit.sweep import job_threads
+from mnist_lit.threads import fair_threads_callback, job_threads
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_accelerator(cfg)
     steps_per_call = resolve_steps_per_call(cfg)
     quiet_cuda_probe(cfg)
-    threads = job_threads(cfg.threads)  # parallel sweep jobs split the cores between them
+    # threads=N, or the joblib launcher's share of the cores; else what other programs leave free
+    threads = job_threads(cfg.threads)
     if threads:
         torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True)
@@ -83,12 +85,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         save_last=True,
     )
     timer = EpochTimer(group=steps_per_call)
-    bar = [progress_bar(cfg.progress_every)] if cfg.trainer.enable_progress_bar else []
+    bar = [progress_bar(cfg.progress_every, steps_per_call)] if cfg.trainer.enable_progress_bar else []
+    summary = [ModelTable()] if trainer_args.pop("enable_model_summary", True) else []
     # several batches per call: the model logs the learning rate at the steps the monitor would
     lr_monitor = [LearningRateMonitor(logging_interval="step")] if steps_per_call == 1 else []
     trainer = build(
         "trainer",
-        functools.partial(L.Trainer, **trainer_args),
+        functools.partial(L.Trainer, **trainer_args, enable_model_summary=False),  # ModelTable is the summary
         default_root_dir=str(out_dir),
         logger=logger,
         callbacks=[
@@ -96,7 +99,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             *lr_monitor,
             timer,
             *bar,
+            *summary,
             *extra_callbacks(cfg),
+            *([] if threads else [fair_threads_callback()]),
             *guard_callbacks(out_dir, stop),
         ],
     )
@@ -166,12 +171,18 @@ def route_lightning_logs() -> None:
     warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
     warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last')
     # Lightning 2.6 on torch 2.15 asks a deprecated pytree question on every fit; nothing to act on
+    # It counts training steps, which with steps_per_call are groups of batches; the package logs
+    # per optimizer step (every log_every_n_steps batches), so the advice does not apply
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than")
+    # a resumed run's checkpoints folder holds its earlier checkpoints (a new run's is always empty)
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class _NoAdverts(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        # the advert, and the end of fit (printed into the last progress bar line), which the log says
+        return not str(record.msg).startswith(("💡 Tip", "`Trainer.fit` stopped"))
 
 
 def build_model(cfg: DictConfig, steps_per_call: int = 1) -> Classifier:

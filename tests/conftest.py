@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,27 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import mnist_lit
+from mnist_lit import integrity
 
 REPO = Path(__file__).resolve().parents[1]
 # the configs as the installed package ships them
 CONF = Path(mnist_lit.__file__).resolve().parent / "conf"
 # CI and `make test` use the copy beside the repository unless MNIST_ROOT says otherwise
 DEFAULT_MNIST_ROOT = REPO.parent / "shared" / "mnist"
+RAW_FILES = tuple(f.name for f in integrity.RAW_FILES)
+
+# A warning raised from the package's own code fails the suite: in this process through pytest's
+# filterwarnings (pyproject.toml), and in every command a test starts through PYTHONWARNINGS,
+# which names modules exactly, so each of the package's modules (and __main__, as ``python -m``
+# runs them) is listed.
+PACKAGE = Path(mnist_lit.__file__).resolve().parent
+MODULES = ["__main__"] + sorted(
+    ".".join(("mnist_lit", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+    for p in PACKAGE.rglob("*.py")
+)
+os.environ["PYTHONWARNINGS"] = ",".join(f"error::Warning:{m}" for m in MODULES)
+# what Python prints for a warning (and Lightning for its own): "path/to/file.py:LINE: message"
+WARNING_LINE = re.compile(r"^\S+\.py:\d+: ", re.MULTILINE)
 
 # tiny but real: a few batches of real MNIST, evaluated on a few batches
 TINY = [
@@ -42,12 +58,50 @@ def hydra_conf() -> Iterator[None]:
     GlobalHydra.instance().clear()
 
 
+class MnistMissing(Exception):
+    """No MNIST to test with, and none to be had: the message says how to point the tests at one."""
+
+
+def has_mnist(root: Path) -> bool:
+    return all((root / "MNIST" / "raw" / name).is_file() for name in RAW_FILES)
+
+
+def find_mnist(env_root: str | None, beside: Path, default: Path, download: Callable[[Path], None]) -> Path:
+    """Where the tests read MNIST: ``MNIST_ROOT``; else the copy beside the repository
+    (../shared/mnist); else the package's default data root, downloaded there once as
+    ``make train`` does. Raises MnistMissing when none of these can be had."""
+    if env_root:
+        if not has_mnist(Path(env_root)):
+            raise MnistMissing(f"MNIST_ROOT={env_root} holds no MNIST/raw/ with the four MNIST files")
+        return Path(env_root)
+    for root in (beside, default):
+        if has_mnist(root):
+            return root
+    try:
+        download(default)
+    except Exception as err:  # no network, a refused mirror, a damaged download
+        raise MnistMissing(
+            f"the tests train on real MNIST, and it could not be downloaded into {default} ({err}). "
+            "Point MNIST_ROOT at a folder holding MNIST/raw/ (torchvision's layout), e.g. "
+            "MNIST_ROOT=/path/to/mnist make test"
+        ) from err
+    return default
+
+
+def download_mnist(root: Path) -> None:
+    """As ``make train`` gets MNIST: torchvision's download into the data root, checked."""
+    from mnist_lit.data import ensure_mnist
+
+    ensure_mnist(root)
+
+
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
-    root = Path(os.environ.get("MNIST_ROOT", DEFAULT_MNIST_ROOT))
-    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        pytest.skip(f"real MNIST not found under {root} (set MNIST_ROOT)")
-    return root
+    """Real MNIST (see find_mnist); without it the whole suite stops with one message."""
+    try:
+        return find_mnist(os.environ.get("MNIST_ROOT"), DEFAULT_MNIST_ROOT, REPO / "data", download_mnist)
+    except MnistMissing as err:
+        pytest.exit(f"error: {err}", returncode=2)
 
 
 def run_cli(
@@ -58,7 +112,7 @@ def run_cli(
     if mnist_root is not None:
         env["MNIST_ROOT"] = str(mnist_root)
     env["PYTHONUNBUFFERED"] = "1"
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
@@ -66,6 +120,11 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+    printed = WARNING_LINE.search(result.stdout + result.stderr)
+    if printed:  # a quiet console: no Python (or Lightning) warning in any command a test runs
+        line = (result.stdout + result.stderr)[printed.start() :].splitlines()[0]
+        pytest.fail(f"python -m {module} {' '.join(args)} printed a warning: {line}")
+    return result
 
 
 def run_dirs(cwd: Path) -> list[Path]:

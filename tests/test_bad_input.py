@@ -26,8 +26,15 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["-m", "model=twoconv,nope"], ["model=nope is not an option of model"]),
     (["experiment=report000"], ["experiment=report000 is not an option of experiment", "report000_lr_wd"]),
     (["hydra/launcher=nope"], ["Could not find 'hydra/launcher/nope'", "joblib"]),
-    (["optim.lrr=0.1"], ["Key 'lrr' is not in struct", "optim.lrr"]),
-    (["trainer.max_epoch=3"], ["Key 'max_epoch' is not in struct", "trainer.max_epoch"]),
+    # misspelled keys and options: one line with the closest valid names
+    (["optim.lrr=0.1"], ["optim.lrr is not a key", "(did you mean optim.lr?)", "+optim.lrr=0.1"]),
+    (["trainer.max_epoch=3"], ["trainer.max_epoch is not a key", "did you mean trainer.max_epochs"]),
+    (["mdel=twoconv"], ["mdel is not a key", "(did you mean model?)"]),
+    (["model=twoconvv"], ["model=twoconvv is not an option of model (did you mean twoconv?)"]),
+    (["-m", "optim.lr=0.1,0.2", "optim.weight_decy=0,1"], ["did you mean optim.weight_decay?"]),
+    # a sweep preset needs -m
+    (["experiment=report000_lr_wd"], ["is a sweep", "python -m mnist_lit -m experiment=report000_lr_wd"]),
+    (["hparams_search=optuna"], ["hparams_search=optuna is a sweep", "-m hparams_search=optuna"]),
     # wrong types
     (["optim.lr=abc"], ["optim.lr='abc' is not allowed", "a number > 0"]),
     (["data.batch_size=2.5"], ["data.batch_size=2.5 is not allowed", "an integer >= 1"]),

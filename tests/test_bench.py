@@ -97,4 +97,9 @@ def test_quick_bench_writes_every_field(mnist_root: Path, tmp_path: Path) -> Non
         assert startup[case]["exit_code"] == startup[case]["expected_exit_code"], case
         assert startup[case]["heavy_imports"] == [], f"{case} imported {startup[case]['heavy_imports']}"
     assert startup["first_training_step_s"] > 0
+    assert all(
+        r > 0
+        for r in res["side_by_side"]["pair_images_per_s"] + res["side_by_side"]["fixed_pair_images_per_s"]
+    )
     assert "| overhead | twoconv batch 64 " in proc.stdout  # the printed table
+    assert "| side by side | two default runs started together" in proc.stdout

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import read_metrics, run_cli, run_dirs
+from conftest import WARNING_LINE, read_metrics, run_cli, run_dirs
 
 from mnist_lit import integrity
 from mnist_lit.errors import UserError
@@ -73,7 +73,33 @@ def interrupt_at(proc: subprocess.Popen[str], marker: str, sig: int) -> tuple[st
     sent = time.monotonic()
     proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=60)
-    return "".join(seen) + rest, time.monotonic() - sent
+    output = "".join(seen) + rest
+    printed = WARNING_LINE.search(output)  # an interrupted run's console is as quiet as any other
+    assert printed is None, output[printed.start() :].splitlines()[0]
+    return output, time.monotonic() - sent
+
+
+def test_a_second_ctrl_c_stops_at_once_and_says_what_is_left(tmp_path: Path, mnist_root: Path) -> None:
+    """Two Ctrl-C in the first epoch: no checkpoint yet, so nothing to resume, and the log says so."""
+    env = env_for(mnist_root, PACE_FROM="0:1", PACE_SLEEP="1.0")
+    run = paced(*EXACT, "steps_per_call=1", cwd=tmp_path, env=env)
+    seen: list[str] = []
+    assert run.stdout is not None
+    for line in run.stdout:
+        seen.append(line)
+        if line.strip() == "PACE 0 1":
+            break
+    run.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    run.send_signal(signal.SIGINT)
+    rest, _ = run.communicate(timeout=60)
+    output = "".join(seen) + rest
+    assert run.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and WARNING_LINE.search(output) is None, output[-3000:]
+    assert "no checkpoint was written yet" not in output
+    assert "before its first checkpoint: nothing to resume" in output, output[-3000:]
+    (run_dir,) = run_dirs(tmp_path)
+    assert read_metrics(run_dir)["status"] == "interrupted"
 
 
 def final_weights(run_dir: Path) -> dict:

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 import mnist_lit
 from mnist_lit.report import build_report
 from mnist_lit.report import main as report_main
-from mnist_lit.sweep import available_cores, job_dirname
+from mnist_lit.sweep import job_dirname
+from mnist_lit.threads import available_cores
 
 CONF = Path(mnist_lit.__file__).resolve().parent / "conf"
 # TINY with even fewer batches: these tests check the sweep machinery, not learning

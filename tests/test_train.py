@@ -46,10 +46,18 @@ def one_epoch(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Pat
     return run_dir
 
 
-def test_one_epoch_reaches_98_percent(one_epoch: Path) -> None:
+def test_one_epoch_reaches_97_5_percent(one_epoch: Path) -> None:
+    """One epoch of twoconv + Adam + StepLR (seed 42) learns the digits.
+
+    Measured spread of test/acc for this setting (``python -m mnist_lit -m model=twoconv optim=adam
+    sched=steplr trainer.max_epochs=1 seed=42,0,1,2,3 threads=1,2``): 97.92-98.28% on a 2-core AMD
+    EPYC (seed 42: 97.92% with one thread, 97.93% with two); the 2-core Intel Xeon the suite was
+    first run on gave at least 98.0% for seed 42. Other CPUs pick other kernels, so the last digits
+    move; 97.5% sits 0.4 points below the lowest value measured, about the whole spread again.
+    """
     metrics = read_metrics(one_epoch)
     assert metrics["status"] == "completed"
-    assert metrics["test/acc"] >= 0.98
+    assert metrics["test/acc"] >= 0.975
     assert metrics["epochs"] == 1 and metrics["wall_seconds"] > 0
     assert {"val/acc_best", "test/acc", "test/loss"} <= set(metrics)
 
