@@ -259,25 +259,28 @@ def main(argv: list[str] | None = None) -> int:
         help="treat each DIR as a folder of per-preset sweeps and print the seed comparison table",
     )
     args = parser.parse_args(argv)
-    with user_errors():
-        for d in args.dirs:
-            if not d.is_dir():
-                raise UserError(f"sweep directory {str(d)!r} does not exist")
-            if args.seed_table:
-                table = seed_table(d)
+    try:
+        with user_errors():
+            for d in args.dirs:
+                if not d.is_dir():
+                    raise UserError(f"sweep directory {str(d)!r} does not exist")
+                if args.seed_table:
+                    table = seed_table(d)
+                    if not args.no_write:
+                        (d / "seed_table.md").write_text(table)
+                    print(table)
+                    continue
+                report = build_report(d)
+                if report is None:
+                    raise UserError(
+                        f"{str(d)!r} holds no job directories (none with .hydra/overrides.yaml): "
+                        "give a sweep directory such as outputs/sweeps/DATE/TIME"
+                    )
                 if not args.no_write:
-                    (d / "seed_table.md").write_text(table)
-                print(table)
-                continue
-            report = build_report(d)
-            if report is None:
-                raise UserError(
-                    f"{str(d)!r} holds no job directories (none with .hydra/overrides.yaml): "
-                    "give a sweep directory such as outputs/sweeps/DATE/TIME"
-                )
-            if not args.no_write:
-                report.write(d)
-            print(report.markdown(), flush=True)
+                    report.write(d)
+                print(report.markdown(), flush=True)
+    except SystemExit as stop:  # the message is printed; the caller gets the exit code
+        return int(stop.code or 0)
     return 0
 
 
