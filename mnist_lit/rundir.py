@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,15 @@ def started() -> bool:
 class Snapshot:
     """A run folder as it was before this command, so that a command refused before training can
     put it back: byte for byte for the files that are rewritten whole (the ``.hydra`` record,
-    JSON files), by length for those only ever appended to (logs, TensorBoard events), and
-    everything this command added removed. A folder this command created is removed whole.
+    JSON files), by length for those only ever appended to (logs, TensorBoard events), and what
+    this command added removed. A folder this command created is removed whole.
+
+    In a folder that existed, only what a run writes is looked at (RUN_ENTRIES): anything else a
+    user keeps there (``hydra.run.dir`` may name any folder) is neither read nor touched.
     """
 
     KEEP_BYTES = (".yaml", ".json")
+    RUN_ENTRIES = (".hydra", "tb", "checkpoints", "evaluation", "lightning_logs", "*.json", "*.log")
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -70,9 +75,7 @@ class Snapshot:
         # the folders above it that this command creates, removed with it if left empty
         self.new_parents = [p for p in folder.parents if not p.exists()]
         self.entries: dict[Path, bytes | int | None] = {}
-        if not self.existed:
-            return
-        for path in folder.rglob("*"):
+        for path in self.run_entries():
             rel = path.relative_to(folder)
             if path.is_dir() and not path.is_symlink():
                 self.entries[rel] = None
@@ -80,6 +83,14 @@ class Snapshot:
                 self.entries[rel] = path.read_bytes()
             else:
                 self.entries[rel] = path.lstat().st_size
+
+    def run_entries(self) -> list[Path]:
+        """What a run writes in the folder, deepest first."""
+        if not self.folder.is_dir():
+            return []
+        tops = [p for p in self.folder.iterdir() if any(fnmatch(p.name, e) for e in self.RUN_ENTRIES)]
+        found = [q for p in tops for q in ([p, *p.rglob("*")] if p.is_dir() and not p.is_symlink() else [p])]
+        return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
     def restore(self) -> None:
         if not self.existed:
@@ -90,7 +101,7 @@ class Snapshot:
                 except OSError:
                     break
             return
-        for path in sorted(self.folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        for path in self.run_entries():
             before = self.entries.get(path.relative_to(self.folder), ...)
             if before is ...:  # new since the snapshot
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()

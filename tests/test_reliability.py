@@ -102,6 +102,24 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_is_left(tmp_path: Path, mni
     assert read_metrics(run_dir)["status"] == "interrupted"
 
 
+def test_ctrl_c_while_starting_leaves_no_run_folder(tmp_path: Path, mnist_root: Path) -> None:
+    """Stopped before training began: nothing to save, and no half-made run folder is left."""
+    run = paced(*EXACT, cwd=tmp_path, env=env_for(mnist_root))
+    seen: list[str] = []
+    assert run.stdout is not None
+    for line in run.stdout:
+        seen.append(line)
+        if "Seed set to" in line:  # train() has started; the data and the Trainer come next
+            break
+    run.send_signal(signal.SIGINT)
+    rest, _ = run.communicate(timeout=60)
+    output = "".join(seen) + rest
+    assert run.returncode == 130, output[-3000:]
+    assert "stopped by Ctrl-C before training started: nothing to save" in output
+    assert "Traceback" not in output, output[-3000:]
+    assert not (tmp_path / "outputs").exists()
+
+
 def final_weights(run_dir: Path) -> dict:
     import torch
 
