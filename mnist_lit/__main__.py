@@ -15,7 +15,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from mnist_lit.cli import quote_paths
+from mnist_lit.cli import quote_paths, reader_left
 from mnist_lit.config import check_config, check_gpu, check_overrides
 from mnist_lit.errors import UserError
 from mnist_lit.rundir import check_not_complete, rank_zero, resume_argv, started, to_run_log, undo
@@ -84,6 +84,8 @@ def main() -> None:
         if stop.code == 1 and not started():
             sys.exit(UserError.exit_code)
         raise
+    except BrokenPipeError:  # python -m mnist_lit --help | head
+        reader_left()
     except KeyboardInterrupt:  # Ctrl-C while starting up, before training handles it
         undo()
         print("stopped by Ctrl-C before training started: nothing to save", file=sys.stderr)

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -72,14 +72,19 @@ def quote_paths(argv: list[str], keys: tuple[str, ...] = PATH_KEYS) -> list[str]
     return out
 
 
-def prepare_argv(config_name: str) -> None:
-    """Before Hydra parses a checkpoint command's line: misspelled keys and options get one line
-    with the closest names, and path values are quoted (they may hold ``=`` or ``,``)."""
+def run_command(main: Callable[[], None], config_name: str) -> None:
+    """A checkpoint command, as ``python -m`` starts it: misspelled keys and options get one line
+    with the closest names before Hydra parses the line, path values are quoted (they may hold
+    ``=`` or ``,``), and a reader that leaves early (``--help | head``) ends it quietly."""
     from mnist_lit.config import check_overrides
 
     with user_errors():
         check_overrides(sys.argv[1:], primary=config_name)
     sys.argv[1:] = quote_paths(sys.argv[1:])
+    try:
+        main()
+    except BrokenPipeError:
+        reader_left()
 
 
 def int_list(lo: int, hi: int) -> Callable[[Any], bool]:
@@ -102,8 +107,13 @@ def user_errors() -> Iterator[None]:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        sys.exit(0)
+        reader_left()
+
+
+def reader_left() -> NoReturn:
+    """The reader of our output stopped early (``| head``): drop the rest quietly, exit 0."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    sys.exit(0)
 
 
 def model_override(cfg: DictConfig) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from mnist_lit.cli import (
     int_list,
     model_override,
     optional_positive_int,
-    prepare_argv,
+    run_command,
     torch_device,
     user_errors,
 )
@@ -274,5 +274,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    prepare_argv("evaluate")
-    main()
+    run_command(main, "evaluate")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig
 
-from mnist_lit.cli import COMMON, check, model_override, prepare_argv, torch_device, user_errors
+from mnist_lit.cli import COMMON, check, model_override, run_command, torch_device, user_errors
 from mnist_lit.config import _number, positive_int
 from mnist_lit.errors import UserError
 
@@ -169,5 +169,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    prepare_argv("export")
-    main()
+    run_command(main, "export")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from mnist_lit.cli import COMMON, check, model_override, prepare_argv, torch_device, user_errors
+from mnist_lit.cli import COMMON, check, model_override, run_command, torch_device, user_errors
 from mnist_lit.errors import UserError
 
 if TYPE_CHECKING:
@@ -226,5 +226,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    prepare_argv("predict")
-    main()
+    run_command(main, "predict")
