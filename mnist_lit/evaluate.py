@@ -28,6 +28,7 @@ from mnist_lit.cli import (
     user_errors,
 )
 from mnist_lit.config import _integer
+from mnist_lit.record import write_json
 
 if TYPE_CHECKING:
     import torch
@@ -232,7 +233,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         result["robustness"] = evaluator.robustness(images, labels, shifts, angles)
     out = Path(cfg.out) if cfg.out else model.run_dir / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "evaluation.json", result)
     cm = render.confusion_image(
         torch.tensor(result["test"]["confusion_matrix"]),
         f"test confusion matrix ({result['test']['images']} digits): rows true, columns predicted",

@@ -132,6 +132,13 @@ def run_dirs(cwd: Path) -> list[Path]:
     return sorted(p.parent.parent for p in (cwd / "outputs").rglob(".hydra/config.yaml"))
 
 
+def last_checkpoint(run_dir: Path) -> dict:
+    """The whole of a run's checkpoints/last.ckpt (weights, loops, schedules), as the test's own file."""
+    import torch
+
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 

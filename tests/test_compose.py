@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONF
 from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import mnist_lit
 from mnist_lit.config import check_config
+from mnist_lit.errors import UserError
 
-CONF = Path(mnist_lit.__file__).resolve().parent / "conf"
 GROUPS = ("model", "optim", "sched", "accelerator", "data")
 
 
@@ -65,11 +64,18 @@ def test_every_option_composes_and_passes_checks(hydra_conf: None, group: str, o
         assert {"accelerator", "devices", "precision"} <= set(cfg.trainer)
 
 
-@pytest.mark.parametrize("precision", ["32", "bf16-mixed", "16-mixed"])
-def test_precision_is_a_config_value(hydra_conf: None, precision: str) -> None:
+@pytest.mark.parametrize(
+    ("precision", "allowed"),
+    [("32", True), ("bf16-mixed", True), ("16-mixed", True), ("64", False), ("64-true", False)],
+)
+def test_precisions_the_package_trains_with(hydra_conf: None, precision: str, allowed: bool) -> None:
+    """Lightning knows 64-bit precision too, but the package feeds float32 images: refused by name."""
     cfg = make(["accelerator=gpu", f"trainer.precision={precision}"])
-    check_config(cfg)
-    assert str(cfg.trainer.precision) == precision
+    if allowed:
+        check_config(cfg)
+    else:
+        with pytest.raises(UserError, match=rf"trainer.precision='?{precision}'? is not allowed: use 32"):
+            check_config(cfg)
 
 
 def test_sgd_carries_momentum_nesterov_weight_decay(hydra_conf: None) -> None:

@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONF
 from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import mnist_lit
 from mnist_lit.config import check_config
 from mnist_lit.report import SEED_REPORTED, seed_table
 from mnist_lit.report import main as report_main
-
-CONF = Path(mnist_lit.__file__).resolve().parent / "conf"
 
 # preset -> (model parameters per SEEDS.md, optimizer class, lr, batch size, epochs, schedule class)
 RECIPES = {

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import WARNING_LINE, read_metrics, run_cli, run_dirs
+from conftest import WARNING_LINE, last_checkpoint, read_metrics, run_cli, run_dirs
 
 from mnist_lit import integrity
 from mnist_lit.errors import UserError
@@ -120,14 +120,6 @@ def test_ctrl_c_while_starting_leaves_no_run_folder(tmp_path: Path, mnist_root: 
     assert not (tmp_path / "outputs").exists()
 
 
-def final_weights(run_dir: Path) -> dict:
-    import torch
-
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
-        "state_dict"
-    ]
-
-
 def same_weights(a: dict, b: dict) -> bool:
     import torch
 
@@ -205,7 +197,7 @@ def test_resume_mid_epoch_2_matches_the_run_left_alone(
     got, want = read_metrics(run_dir), read_metrics(reference)
     for key in ("val/acc_best", "test/acc", "test/loss", "global_steps", "epochs"):
         assert got[key] == want[key], key  # bitwise: no tolerance
-    assert same_weights(final_weights(run_dir), final_weights(reference))
+    assert same_weights(last_checkpoint(run_dir)["state_dict"], last_checkpoint(reference)["state_dict"])
 
 
 def test_epoch_order_depends_on_seed_and_epoch_only_and_resumes_after_done_batches() -> None:
@@ -232,7 +224,7 @@ def test_same_command_twice_gives_identical_metrics(
     got, want = read_metrics(run_dir), read_metrics(reference)
     for key in ("val/acc_best", "test/acc", "test/loss"):
         assert got[key] == want[key], key
-    assert same_weights(final_weights(run_dir), final_weights(reference))
+    assert same_weights(last_checkpoint(run_dir)["state_dict"], last_checkpoint(reference)["state_dict"])
 
 
 # 4. data integrity

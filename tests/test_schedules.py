@@ -7,7 +7,6 @@ The schedules are sized by the Trainer (steps per epoch x trainer.max_epochs); t
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -16,10 +15,8 @@ from hydra import compose
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, TensorDataset
 
-import mnist_lit
 from mnist_lit.module import Classifier
 
-CONF = Path(mnist_lit.__file__).resolve().parent / "conf"
 STEPS_PER_EPOCH, EPOCHS, LR = 10, 3, 0.1
 TOTAL = STEPS_PER_EPOCH * EPOCHS
 

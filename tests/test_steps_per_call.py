@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, read_metrics, run_cli, run_dirs
+from conftest import TINY, last_checkpoint, read_metrics, run_cli, run_dirs
 from omegaconf import OmegaConf
 
 from mnist_lit.config import AUTO_STEPS_PER_CALL, resolve_steps_per_call
@@ -19,10 +19,6 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-def last_checkpoint(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
 
 # a per-step schedule with gradient clipping and an epoch whose batch count steps_per_call does not

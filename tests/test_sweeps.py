@@ -12,13 +12,11 @@ from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import mnist_lit
 from mnist_lit.report import build_report
 from mnist_lit.report import main as report_main
 from mnist_lit.sweep import job_dirname
 from mnist_lit.threads import available_cores
 
-CONF = Path(mnist_lit.__file__).resolve().parent / "conf"
 # TINY with even fewer batches: these tests check the sweep machinery, not learning
 QUICK = [*TINY, "trainer.limit_train_batches=8", "threads=1", "inspect.enabled=false"]
 
