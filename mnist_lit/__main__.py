@@ -13,13 +13,14 @@ import sys
 import time
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mnist_lit.cli import quote_paths, reader_left
-from mnist_lit.config import check_config, check_gpu, check_overrides
-from mnist_lit.errors import UserError
+from mnist_lit.config import check_config, check_overrides
+from mnist_lit.devices import check_gpu
+from mnist_lit.errors import UserError, one_line, report
 from mnist_lit.rundir import check_not_complete, rank_zero, resume_argv, started, to_run_log, undo
-from mnist_lit.sweep import check_not_a_sweep, in_multirun, one_line, record_failure
+from mnist_lit.sweep import check_not_a_sweep, in_multirun, record_failure
 
 log = logging.getLogger("mnist_lit")
 
@@ -35,7 +36,7 @@ def run(cfg: DictConfig) -> float | None:
     try:
         check_not_a_sweep()
         check_config(cfg)
-        check_gpu(cfg)
+        check_gpu("trainer.accelerator", OmegaConf.select(cfg, "trainer.accelerator"))
         check_not_complete(cfg)
         from mnist_lit.train import train
 
@@ -52,12 +53,11 @@ def run(cfg: DictConfig) -> float | None:
         # refused before training: the run folder goes back to what it was; later, its log keeps why
         if not undo():
             to_run_log(logging.ERROR, "%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        report(err)
     except Exception as err:
         if in_multirun():
             record_failure(err, time.perf_counter() - start)
-            log.exception("job failed: %s", one_line(err))
+            log.exception("job failed: %s", one_line(err, typed=True))
             return None
         if not undo() and rank_zero():
             record_failure(err, time.perf_counter() - start)
@@ -76,8 +76,7 @@ def main() -> None:
         check_overrides(sys.argv[1:])
         sys.argv[1:] = resume_argv(quote_paths(sys.argv[1:], keys=("ckpt_path",)))
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        report(err)
     try:
         run()
     except SystemExit as stop:

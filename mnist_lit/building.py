@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
-from mnist_lit.errors import UserError
+from mnist_lit.errors import UserError, one_line
 
 T = TypeVar("T")
 # what libraries raise for an argument they refuse (the messages say which and why)
@@ -161,11 +161,7 @@ def reason(err: BaseException) -> str:
     """The library's own words: for Hydra's wrapper, those of the error it wraps; one line."""
     while isinstance(err, InstantiationException) and err.__cause__ is not None:
         err = err.__cause__
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip() and not ln.startswith("full_key")]
-    text = lines[0] if lines else type(err).__name__
-    if isinstance(err, ArithmeticError) or len(text) < 12:
-        text = f"{type(err).__name__}: {text}"
-    return text if len(text) <= 300 else text[:297] + "..."
+    return one_line(err, typed=isinstance(err, ArithmeticError))
 
 
 def parameters(func: Callable[..., Any]) -> list[str]:

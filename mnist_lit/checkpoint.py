@@ -22,7 +22,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from mnist_lit.errors import UserError
+from mnist_lit.errors import UserError, one_line
+from mnist_lit.images import MEAN, STD, normalize
 
 MODELS_PACKAGE = "mnist_lit.models"
 CONF_MODELS = Path(__file__).resolve().parent / "conf" / "model"
@@ -43,15 +44,15 @@ class LoadedModel:
 
     @property
     def mean(self) -> float:
-        return float(self.config.get("data", {}).get("mean", 0.1307))
+        return float(self.config.get("data", {}).get("mean", MEAN))
 
     @property
     def std(self) -> float:
-        return float(self.config.get("data", {}).get("std", 0.3081))
+        return float(self.config.get("data", {}).get("std", STD))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N,28,28] -> float [N,1,28,28] standardised as the run trained on it."""
-        return ((images.float() / 255.0 - self.mean) / self.std).unsqueeze(1)
+        return normalize(images, self.mean, self.std)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -103,12 +104,6 @@ def _numpy_globals() -> list[Any]:
     return found
 
 
-def _short(err: BaseException) -> str:
-    """The first line of an error, at most 120 characters, with its type when the text says little."""
-    text = str(err).strip().splitlines()[0].split(". ")[0][:120] if str(err).strip() else ""
-    return f"{type(err).__name__}: {text}" if len(text) < 12 else text
-
-
 def load_weights_only(path: str | Path) -> dict[str, Any]:
     """The checkpoint's contents via ``torch.load(weights_only=True)``, or a UserError naming the file."""
     path = Path(path)
@@ -121,14 +116,16 @@ def load_weights_only(path: str | Path) -> dict[str, Any]:
         lines = [ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "global" in ln]
         if not lines:
             raise UserError(
-                f"checkpoint {path} is damaged or not a PyTorch checkpoint ({_short(err)})"
+                f"checkpoint {path} is damaged or not a PyTorch checkpoint ({one_line(err, limit=120)})"
             ) from err
         raise UserError(
             f"checkpoint {path} holds more than weights and was not loaded, because loading it could run "
             f"code from the file ({lines[0]}). Load only checkpoints written by mnist_lit."
         ) from err
     except Exception as err:
-        raise UserError(f"checkpoint {path} is damaged or not a PyTorch checkpoint ({_short(err)})") from err
+        raise UserError(
+            f"checkpoint {path} is damaged or not a PyTorch checkpoint ({one_line(err, limit=120)})"
+        ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"checkpoint {path} is not a Lightning checkpoint (it has no state_dict)")
     return ckpt

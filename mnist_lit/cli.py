@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lit.config import _integer, check_rules, positive_int
-from mnist_lit.errors import UserError
+from mnist_lit.errors import UserError, report
 
 Rules = dict[str, tuple[Callable[[Any], bool], str]]
 
@@ -104,8 +104,7 @@ def user_errors() -> Iterator[None]:
     except UserError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        report(err)
     except BrokenPipeError:
         reader_left()
 
@@ -126,10 +125,11 @@ def torch_device(name: str, threads: int | None) -> Any:
     """The torch.device the command runs on; ``threads`` caps CPU intra-op threads."""
     import torch
 
+    from mnist_lit.devices import check_gpu
+
     if threads:
         torch.set_num_threads(threads)
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but this machine has no usable CUDA GPU: use device=cpu or device=auto")
+    check_gpu("device", name, loaded=True)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)

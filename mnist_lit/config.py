@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -255,29 +253,3 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """' (did you mean X?)' for the closest candidates, or ''."""
     close = difflib.get_close_matches(word, sorted(candidates), n=2, cutoff=0.8)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
-
-
-def check_gpu(cfg: DictConfig) -> None:
-    """A GPU run on a machine that certainly has none stops now, not after torch has loaded."""
-    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
-    if accelerator in ("gpu", "cuda") and not gpu_possible():
-        raise UserError(
-            f"trainer.accelerator={accelerator} but this machine has no NVIDIA GPU driver (or "
-            "CUDA_VISIBLE_DEVICES hides every GPU): use accelerator=cpu or accelerator=auto"
-        )
-
-
-def gpu_possible() -> bool:
-    """False only when CUDA certainly cannot work here, found without importing torch.
-
-    On Linux: no NVIDIA device node (nor WSL's GPU bridge), or CUDA_VISIBLE_DEVICES set to hide
-    every device; elsewhere, and whenever this says True, train.py asks torch once it is loaded.
-    """
-    if not sys.platform.startswith("linux"):
-        return True
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return False
-    return any(
-        os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/proc/driver/nvidia")
-    )

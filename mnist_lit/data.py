@@ -18,6 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from mnist_lit import integrity
 from mnist_lit.errors import UserError
+from mnist_lit.images import MEAN, STD, normalize
 from mnist_lit.sampling import ResumableLoader
 
 # the four files torchvision's MNIST(root) reads from root/MNIST/raw/
@@ -95,8 +96,8 @@ class MNISTDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         val_size: int = 5000,
         split_seed: int = 0,
-        mean: float = 0.1307,
-        std: float = 0.3081,
+        mean: float = MEAN,
+        std: float = STD,
         download: bool = True,
         drop_last: bool = False,
         augment: Mapping[str, Any] | None = None,
@@ -174,8 +175,8 @@ class MNISTDataModule(L.LightningDataModule):
         return BatchedTensorLoader(x, y, self.eval_batch_size, False, False)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [N,28,28] -> float [N,1,28,28], scaled to [0,1] and standardised."""
-        return ((images.float() / 255.0 - self.mean) / self.std).unsqueeze(1)
+        """uint8 [N,28,28] -> float [N,1,28,28], with this data module's mean and std."""
+        return normalize(images, self.mean, self.std)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         if isinstance(batch, torch.Tensor):  # the model's example input (for its summary): an image already

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import shutil
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lit.errors import UserError
-from mnist_lit.rundir import newest, training_started, write_probe
+from mnist_lit.rundir import newest, training_started
 
 log = logging.getLogger("mnist_lit")
 
@@ -184,24 +183,6 @@ def checkpoint_bytes(model: torch.nn.Module, optimizer_slots: int = 2) -> int:
     """A generous size of one checkpoint: float32 weights plus that many optimizer buffers per weight."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return params * (1 + optimizer_slots) + (1 << 20)
-
-
-def check_writable(out_dir: Path, need_bytes: int) -> None:
-    """Fail before training if ``out_dir`` cannot take a file, or has less room than a run needs."""
-    try:
-        write_probe(out_dir)
-    except OSError as err:
-        raise UserError(
-            f"output directory {out_dir} is not writable ({err.strerror or err}): "
-            "free space or fix its permissions, or choose another with hydra.run.dir=PATH"
-        ) from err
-    free = shutil.disk_usage(out_dir).free
-    if free < need_bytes:
-        raise UserError(
-            f"output directory {out_dir} has {free / 2**20:.1f} MiB free but this run needs about "
-            f"{need_bytes / 2**20:.1f} MiB for its checkpoints and logs: free space there, "
-            "or choose another with hydra.run.dir=PATH"
-        )
 
 
 def guard_callbacks(out_dir: Path, stop: GracefulStop) -> list[Callback]:

@@ -15,7 +15,6 @@ import errno
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from mnist_lit.errors import UserError
+from mnist_lit.errors import UserError, report
 from mnist_lit.record import read_metrics
 
 # newest first: a mid-epoch stop leaves interrupted.ckpt beside the epoch-end last.ckpt
@@ -263,12 +262,6 @@ def quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def fail(message: str) -> None:
-    """Report a problem found before the job started, as __main__ does for a UserError."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(UserError.exit_code)
-
-
 def write_probe(folder: Path) -> None:
     """Create ``folder`` and write, sync and delete a small file in it; OSError if any step fails."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -281,23 +274,35 @@ def write_probe(folder: Path) -> None:
         os.unlink(probe)
 
 
-def check_room(folder: Path, what: str) -> None:
-    """Create ``folder`` and make sure a file can be written there and some space is left."""
+def check_room(folder: Path, what: str, need_bytes: int = MIN_FREE_BYTES) -> None:
+    """Create ``folder`` and make sure a file can be written there and ``need_bytes`` are free.
+
+    Checked twice per run: before Hydra starts the job (the config, logs and events; a Hydra
+    callback, so ``room_or_exit``) and once the model is built (room for its checkpoints too).
+    """
     try:
         write_probe(folder)
     except OSError as err:
         reason = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
-        fail(
+        raise UserError(
             f"{what} {folder} cannot be written ({reason}): fix its permissions or free space, "
             "or choose another folder (hydra.run.dir=PATH, or hydra.sweep.dir=PATH with -m)"
-        )
+        ) from err
     free = shutil.disk_usage(folder).free
-    if free < MIN_FREE_BYTES:
-        fail(
-            f"{what} {folder} has only {free / 2**20:.1f} MiB free (a run needs at least "
-            f"{MIN_FREE_BYTES >> 20} MiB before its checkpoints): free space, or choose another folder "
-            "(hydra.run.dir=PATH, or hydra.sweep.dir=PATH with -m)"
+    if free < need_bytes:
+        raise UserError(
+            f"{what} {folder} has {free / 2**20:.1f} MiB free but this run needs about "
+            f"{need_bytes / 2**20:.1f} MiB for its logs and checkpoints: free space, or choose another "
+            "folder (hydra.run.dir=PATH, or hydra.sweep.dir=PATH with -m)"
         )
+
+
+def room_or_exit(folder: Path, what: str) -> None:
+    """check_room where a raised error would reach Hydra, which turns a callback's into a warning."""
+    try:
+        check_room(folder, what)
+    except UserError as err:
+        report(err)
 
 
 def claim(folder: Path, marker: str | None) -> tuple[Path, Snapshot]:
@@ -336,12 +341,12 @@ class RunDirectory(Callback):
         joining = not rank_zero()
         _guarded.append(True)
         if joining:
-            check_room(run.parent, "output folder")
+            room_or_exit(run.parent, "output folder")
             return
         if resuming:
             _before.append(Snapshot(run))
-        new_parents = [p for p in run.parents if not p.exists()]  # check_room creates them
-        check_room(run.parent, "output folder")
+        new_parents = [p for p in run.parents if not p.exists()]  # room_or_exit creates them
+        room_or_exit(run.parent, "output folder")
         if resuming:
             return
         taken, before = claim(run, ".hydra")
@@ -354,7 +359,7 @@ class RunDirectory(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _started.append(True)
         sweep = Path(str(config.hydra.sweep.dir))
-        check_room(sweep.parent, "sweep folder")
+        room_or_exit(sweep.parent, "sweep folder")
         taken, _ = claim(sweep, None)
         if taken != sweep:
             with read_write(config.hydra), open_dict(config.hydra):

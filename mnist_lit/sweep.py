@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,13 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lit.errors import UserError
+from mnist_lit.errors import UserError, one_line, report
 from mnist_lit.record import read_metrics, update_metrics, written_here
 from mnist_lit.rundir import rank_zero
 from mnist_lit.threads import available_cores, parallel_jobs
 
 log = logging.getLogger(__name__)
 
-REASON_CHARS = 300
 # a job folder's name must fit the file system's 255-byte limit with room for "NUM_"
 DIRNAME_CHARS = 200
 _LONG_FLOAT = re.compile(r"(?<![\w.])\d*\.\d{5,}(?:e[-+]?\d+)?(?![\w.])")
@@ -66,13 +64,6 @@ def check_not_a_sweep() -> None:
     )
 
 
-def one_line(err: BaseException) -> str:
-    """``Type: first line of the message``, short enough for a table cell."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
-
-
 def record_failure(err: BaseException, seconds: float) -> dict[str, Any]:
     """Write the failed job's metrics.json (status and one-line reason) so the sweep's table shows it.
 
@@ -81,7 +72,7 @@ def record_failure(err: BaseException, seconds: float) -> dict[str, Any]:
     """
     failure: dict[str, Any] = {
         "status": "failed",
-        "reason": one_line(err),
+        "reason": one_line(err, typed=True),
         "error_type": type(err).__name__,
     }
     if not HydraConfig.initialized() or not rank_zero():
@@ -118,8 +109,7 @@ class ResultsTable(Callback):
         try:
             parallel = parallel_jobs(config.hydra.launcher)
         except UserError as err:  # Hydra turns a callback's exceptions into warnings: stop here
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(err.exit_code)
+            report(err)
         threads, cores = config.get("threads"), available_cores()
         if parallel and threads and parallel * threads > cores:
             log.warning(
@@ -135,13 +125,18 @@ class ResultsTable(Callback):
         from mnist_lit.report import build_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        report = build_report(sweep_dir)
-        if report is None:
+        table = build_report(sweep_dir)
+        if table is None:
             log.warning("no job directories found under %s", sweep_dir)
             return
-        report.write(sweep_dir)
-        print(report.markdown(), flush=True)
+        table.write(sweep_dir)
+        print(table.markdown(), flush=True)
         log.info("results table: %s", sweep_dir / "results.md")
-        if report.rows and all(r.status != "completed" for r in report.rows):
-            print(f"error: all {len(report.rows)} jobs of the sweep failed, see {sweep_dir}", file=sys.stderr)
-            sys.exit(1)
+        if table.rows and all(r.status != "completed" for r in table.rows):
+            report(SweepFailed(f"all {len(table.rows)} jobs of the sweep failed, see {sweep_dir}"))
+
+
+class SweepFailed(UserError):
+    """Every job of a sweep failed: the sweep produced nothing, which scripts and CI must notice."""
+
+    exit_code = 1

@@ -26,11 +26,11 @@ from mnist_lit.callbacks import from_config as inspection
 from mnist_lit.checkpoint import check_resume
 from mnist_lit.config import resolve_steps_per_call
 from mnist_lit.console import ModelTable, progress_bar
+from mnist_lit.devices import check_gpu
 from mnist_lit.errors import UserError
 from mnist_lit.guards import (
     Diverged,
     GracefulStop,
-    check_writable,
     checkpoint_bytes,
     guard_callbacks,
     stopped_run,
@@ -38,7 +38,7 @@ from mnist_lit.guards import (
 from mnist_lit.module import Classifier
 from mnist_lit.perf import EpochTimer
 from mnist_lit.record import update_metrics
-from mnist_lit.rundir import find_checkpoint, training_began
+from mnist_lit.rundir import check_room, find_checkpoint, training_began
 from mnist_lit.threads import fair_threads_callback, job_threads
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     route_lightning_logs()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    check_accelerator(cfg)
+    check_gpu("trainer.accelerator", cfg.trainer.accelerator, cfg.trainer.devices, loaded=True)
     steps_per_call = resolve_steps_per_call(cfg)
     quiet_cuda_probe(cfg)
     # threads=N, or the joblib launcher's share of the cores; else what other programs leave free
@@ -73,7 +73,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     model = build_model(cfg, steps_per_call)
     ckpt_path = str(find_checkpoint(str(cfg.ckpt_path))) if cfg.ckpt_path else None
-    check_writable(out_dir, 3 * checkpoint_bytes(model))  # now, not after an hour of training
+    check_room(out_dir, "output directory", 3 * checkpoint_bytes(model))  # now, not after an hour of training
     stop = GracefulStop()
     logger = TensorBoardLogger(save_dir=str(out_dir), name="tb", version="", default_hp_metric=False)
     checkpoint = ModelCheckpoint(
@@ -240,21 +240,6 @@ def refused_at_start() -> Iterator[None]:
         if training_began():
             raise
         raise UserError(f"trainer: {reason(err)}") from err
-
-
-def check_accelerator(cfg: DictConfig) -> None:
-    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"trainer.accelerator={cfg.trainer.accelerator} but this machine has no usable CUDA GPU: "
-            "use accelerator=cpu or accelerator=auto"
-        )
-    devices = cfg.trainer.devices
-    if (
-        cfg.trainer.accelerator in ("gpu", "cuda")
-        and isinstance(devices, int)
-        and devices > torch.cuda.device_count()
-    ):
-        raise UserError(f"trainer.devices={devices} but only {torch.cuda.device_count()} GPU(s) are visible")
 
 
 def quiet_cuda_probe(cfg: DictConfig) -> None:

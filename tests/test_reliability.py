@@ -359,12 +359,14 @@ def test_full_disk_stops_before_training(tmp_path: Path, monkeypatch: pytest.Mon
 
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=1 << 20))
-    with pytest.raises(SystemExit) as stop:
-        rundir.check_room(tmp_path / "outputs", "output folder")
+    with pytest.raises(SystemExit) as stop:  # before the job: a Hydra callback, so it exits
+        rundir.room_or_exit(tmp_path / "outputs", "output folder")
     assert stop.value.code == 2
     model = torch.nn.Linear(784, 10)
     with pytest.raises(UserError, match=r"has 1\.0 MiB free but this run needs about"):
-        guards.check_writable(tmp_path / "run", 3 * guards.checkpoint_bytes(model) + (8 << 20))
+        rundir.check_room(
+            tmp_path / "run", "output directory", 3 * guards.checkpoint_bytes(model) + (8 << 20)
+        )
 
 
 # 7. concurrent runs
