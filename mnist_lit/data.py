@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
-from mnist_lit import integrity
+from mnist_lit import integrity, loopstate
 from mnist_lit.errors import UserError
 from mnist_lit.images import MEAN, STD, normalize
 from mnist_lit.sampling import ResumableLoader
@@ -164,7 +164,7 @@ class MNISTDataModule(L.LightningDataModule):
     def batches_trained(self) -> int:
         """Training items of the current epoch already completed (after a resume: restored)."""
         trainer = getattr(self, "trainer", None)
-        return trainer.fit_loop.epoch_loop.batch_progress.current.completed if trainer is not None else 0
+        return loopstate.batches_done(trainer) if trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader:
         x, y = self._train

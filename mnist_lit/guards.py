@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mnist_lit import loopstate
 from mnist_lit.errors import UserError
 from mnist_lit.rundir import newest, training_started
 
@@ -164,7 +165,7 @@ def check_finite(
         return
     value = float(loss.detach().float().reshape(-1)[0])
     epoch = trainer.current_epoch
-    batch = trainer.fit_loop.epoch_loop.batch_idx if batch is None else batch
+    batch = loopstate.batch_index(trainer) if batch is None else batch
     lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
     clip_hint = (
         f"a smaller trainer.gradient_clip_val (now {clip})"

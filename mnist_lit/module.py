@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnist_lit import loopstate
 from mnist_lit.building import build
 from mnist_lit.errors import UserError
 from mnist_lit.guards import check_finite
@@ -150,7 +151,7 @@ class Classifier(L.LightningModule):
         """One optimizer step per ``batch_size`` slice of the item; the losses, detached."""
         trainer = self.trainer
         optimizer = self.optimizers().optimizer  # the torch optimizer: no Lightning hooks per step
-        progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        count_step = loopstate.optimizer_step_counter(trainer)
         schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == "step"]
         every = trainer.log_every_n_steps
         images, labels = item
@@ -169,15 +170,14 @@ class Classifier(L.LightningModule):
             if (step + 1) % every == 0:  # the scalars one batch per call writes at this step
                 self.log_step(step, loss, optimizer)
             optimizer.step()
-            progress.increment_ready()
-            progress.increment_completed()  # trainer.global_step counts this step
+            count_step()  # trainer.global_step counts this step
             for scheduler in schedulers:
                 scheduler.step()
             loss = loss.detach()
             self.train_totals.append(loss, logits.detach(), y)
             losses.append(loss)
         # Lightning adds one after this call; its logger steps then equal optimizer steps
-        trainer.fit_loop.epoch_loop._batches_that_stepped += len(losses) - 1
+        loopstate.add_logger_steps(trainer, len(losses) - 1)
         return torch.stack(losses)
 
     def log_step(self, step: int, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
@@ -284,36 +284,4 @@ class Classifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.saved_schedule_steps = checkpoint.get("schedule_steps")
         if "loops" in checkpoint:  # a training checkpoint, before Lightning restores its loops
-            saved = checkpoint.get("steps_per_call", 1)
-            self.carry_loop_state(checkpoint["loops"].get("fit_loop", {}), saved)
-
-    def carry_loop_state(self, loop: dict[str, Any], saved: int) -> None:
-        """Let a run resume with another steps_per_call than the one that saved the checkpoint.
-
-        Lightning counts optimizer steps in one of two places (automatic or manual optimization)
-        and a position in the epoch in training steps; both are rewritten in this run's terms.
-        """
-        auto = loop.get("epoch_loop.automatic_optimization.optim_progress", {})
-        auto = auto.get("optimizer", {}).get("step")
-        manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
-        if auto is None or manual is None:
-            return
-        steps = max(auto["total"]["completed"], manual["total"]["completed"])
-        for progress in (auto, manual):
-            for part in ("total", "current"):
-                progress[part].update(ready=steps, completed=steps)
-        position = loop.get("epoch_loop.batch_progress")
-        if saved == self.steps_per_call or not position or position.get("is_last_batch", True):
-            return
-        batches = position["current"]["completed"] * saved
-        if batches % self.steps_per_call:
-            raise UserError(
-                f"ckpt_path: the checkpoint stopped {batches} batches into an epoch with "
-                f"steps_per_call={saved}, which steps_per_call={self.steps_per_call} cannot continue "
-                f"from; resume with steps_per_call={saved}"
-            )
-        done = batches // self.steps_per_call
-        offset = done - position["current"]["completed"]
-        for key in position["current"]:
-            position["total"][key] += offset
-            position["current"][key] = done
+            loopstate.carry_over(checkpoint, checkpoint.get("steps_per_call", 1), self.steps_per_call)

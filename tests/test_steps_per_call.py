@@ -93,3 +93,21 @@ def test_auto_takes_several_steps_only_where_they_are_allowed(settings: dict, ex
     cfg = OmegaConf.create({"steps_per_call": "auto", "trainer": trainer})
     assert resolve_steps_per_call(cfg) == expected
     assert resolve_steps_per_call(OmegaConf.create({"steps_per_call": 3, "trainer": {}})) == 3
+
+
+def test_lightning_loop_state_of_another_layout_fails_loudly() -> None:
+    """The one module that touches Lightning's private loop state names the version it needs."""
+    from types import SimpleNamespace
+
+    import lightning
+
+    from mnist_lit import loopstate
+
+    trainer = SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace()))
+    for use in (loopstate.batches_done, loopstate.batch_index, loopstate.optimizer_step_counter):
+        with pytest.raises(loopstate.LoopStateChanged, match=rf"lightning {lightning.__version__} .* 2\.6"):
+            use(trainer)
+    with pytest.raises(loopstate.LoopStateChanged, match="_batches_that_stepped"):
+        loopstate.add_logger_steps(trainer, 3)
+    with pytest.raises(loopstate.LoopStateChanged, match="loops.fit_loop"):
+        loopstate.carry_over({"loops": {"fit_loop": {"epoch_loop.batch_progress": {}}}}, saved=4, now=1)
