@@ -137,11 +137,7 @@ def same_kind(value: Any, default: Any) -> bool:
 
 
 def defaults_of(func: Callable[..., Any]) -> dict[str, Any]:
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
-        return {}
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    return {p.name: p.default for p in signature_of(func) or [] if p.default is not inspect.Parameter.empty}
 
 
 @contextmanager
@@ -164,20 +160,22 @@ def reason(err: BaseException) -> str:
     return one_line(err, typed=isinstance(err, ArithmeticError))
 
 
-def parameters(func: Callable[..., Any]) -> list[str]:
+def signature_of(func: Callable[..., Any]) -> list[inspect.Parameter] | None:
+    """The parameters ``func`` takes, or None where Python cannot tell (some builtins)."""
     try:
-        params = inspect.signature(func).parameters.values()
+        return list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):
-        return []
-    return [
-        p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
-    ]
+        return None
+
+
+def parameters(func: Callable[..., Any]) -> list[str]:
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in signature_of(func) or [] if p.kind in named and p.name != "self"]
 
 
 def accepts(func: Callable[..., Any], key: str) -> bool:
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
+    params = signature_of(func)
+    if params is None:
         return True
     return any(p.kind == p.VAR_KEYWORD for p in params) or key in {p.name for p in params}
 

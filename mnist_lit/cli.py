@@ -14,20 +14,16 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lit.config import _integer, check_rules, positive_int
+from mnist_lit.config import _integer, check_rules, group_options, positive_int
 from mnist_lit.errors import UserError, report
 
 Rules = dict[str, tuple[Callable[[Any], bool], str]]
 
 
-def group_options(group: str) -> str:
-    """The options of a config group, as --help lists them (``${mnist_lit_options:model}``)."""
-    from mnist_lit.config import CONF_DIR
-
-    return ", ".join(sorted(f.stem for f in (CONF_DIR / group).glob("*.yaml")))
-
-
-OmegaConf.register_new_resolver("mnist_lit_options", group_options, replace=True)
+# --help of the checkpoint commands lists a group's options as ${mnist_lit_options:model}
+OmegaConf.register_new_resolver(
+    "mnist_lit_options", lambda group: ", ".join(group_options(group)), replace=True
+)
 DEVICES = ("cpu", "cuda", "auto")
 
 

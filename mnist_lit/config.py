@@ -10,6 +10,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Iterable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,6 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR, primary: str = "
 
     Keys added with ``+`` and Hydra's own (``hydra.``, ``hydra/launcher=``) are left to Hydra.
     """
-    keys: set[str] | None = None
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue
@@ -192,9 +192,9 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR, primary: str = "
         key = key.lstrip("~")
         groups = config_groups(conf_dir, primary)
         if key in groups:
-            check_options(key, value, sorted(f.stem for f in (conf_dir / key).glob("*.yaml")))
+            check_options(key, value, group_options(key, conf_dir))
             continue
-        keys = config_keys(conf_dir, primary) if keys is None else keys
+        keys = config_keys(conf_dir, primary)
         if key not in keys:
             raise UserError(
                 f"{key} is not a key of this command's config{did_you_mean(key, keys | set(groups))}; "
@@ -214,6 +214,12 @@ def check_options(group: str, value: str, options: list[str]) -> None:
             )
 
 
+def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """The options of a config group: its files' names (``model`` -> ``oneconv``, ``twoconv``, ...)."""
+    return sorted(f.stem for f in (conf_dir / group).glob("*.yaml"))
+
+
+@cache
 def config_groups(conf_dir: Path = CONF_DIR, primary: str = "config") -> list[str]:
     """The config groups the primary config's defaults list composes (``model``, ``optim``, ...)."""
     defaults = (yaml.safe_load((conf_dir / f"{primary}.yaml").read_text()) or {}).get("defaults", [])
@@ -221,7 +227,8 @@ def config_groups(conf_dir: Path = CONF_DIR, primary: str = "config") -> list[st
     return [n for n in names if not n.startswith("override") and (conf_dir / n).is_dir()]
 
 
-def config_keys(conf_dir: Path = CONF_DIR, primary: str = "config") -> set[str]:
+@cache
+def config_keys(conf_dir: Path = CONF_DIR, primary: str = "config") -> frozenset[str]:
     """Every key a command line may set: those of the primary config and of its groups' options.
 
     Read from the YAML files themselves (a group option's keys sit under its ``# @package``, the
@@ -237,7 +244,7 @@ def config_keys(conf_dir: Path = CONF_DIR, primary: str = "config") -> set[str]:
         package = header.group(1) if header else group
         package = "" if package == "_global_" else package
         _collect(yaml.safe_load(text) or {}, package, keys)
-    return keys
+    return frozenset(keys)
 
 
 def _collect(node: Any, prefix: str, keys: set[str]) -> None:

@@ -28,6 +28,7 @@ class BatchProgressBar(RichProgressBar):
         self.every = max(1, refresh_rate)
         self.group = max(1, group)
         self.drawn = 0
+        self.total: int | float = 0  # batches in this epoch, known once it starts
 
     @property
     def total_train_batches(self) -> int | float:
@@ -40,11 +41,13 @@ class BatchProgressBar(RichProgressBar):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
         self.drawn = 0
+        self.total = self.total_train_batches
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        done = min((batch_idx + 1) * self.group, self.total_train_batches)
+        self.total = self.total or self.total_train_batches  # (an epoch resumed midway may not start)
+        done = min((batch_idx + 1) * self.group, self.total)
         if done - self.drawn < self.every and batch_idx + 1 < trainer.num_training_batches:
             return
         self.drawn = done

@@ -1,4 +1,4 @@
-"""Speed plumbing: an epoch timer for metrics.json.
+"""Speed plumbing: an epoch timer for metrics.json, and torch threads that leave busy cores alone.
 
 The timer lets ``bench/bench.py`` (and users) read a run's training throughput from the run
 itself, measured the same way the benchmark measures its hand-written loops.
@@ -6,12 +6,18 @@ itself, measured the same way the benchmark measures its hand-written loops.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+
+from mnist_lit.rundir import to_run_log
+from mnist_lit.threads import EVERY_S, CoreMeter, available_cores, fair_share
+
+log = logging.getLogger("mnist_lit")
 
 
 def _sync(device: torch.device) -> None:
@@ -79,3 +85,44 @@ class EpochTimer(Callback):
             "train_images_per_s": round(rates[-1], 1) if rates else None,
             "train_images_per_cpu_s": round(cpu_rates[-1], 1) if cpu_rates else None,
         }
+
+
+class FairThreads(Callback):
+    """torch's thread count set to the cores other programs leave free (mnist_lit/threads.py):
+    counted over the run's start-up, then every EVERY_S seconds of training."""
+
+    def __init__(self) -> None:
+        self.meter = CoreMeter()
+        self.cores = available_cores()
+        self.next_check = 0.0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.adjust(first=True)  # after the data is loaded, before any progress bar is drawn
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if time.monotonic() >= self.next_check:
+            self.adjust(first=False)
+
+    def adjust(self, first: bool) -> None:
+        self.next_check = time.monotonic() + EVERY_S
+        others = self.meter.others()
+        if others is None:
+            return
+        threads = fair_share(self.cores, others)
+        if first:
+            log.info(
+                "torch threads: %d of %d cores (other programs are using about %.1f); "
+                "threads=N sets the count",
+                threads,
+                self.cores,
+                others,
+            )
+        elif threads != torch.get_num_threads():  # the log file only: a console line breaks the bar
+            to_run_log(
+                logging.INFO,
+                "torch threads: %d now (other programs are using about %.1f of %d cores)",
+                threads,
+                others,
+                self.cores,
+            )
+        torch.set_num_threads(threads)

@@ -340,14 +340,12 @@ class RunDirectory(Callback):
         # a DDP process Lightning started for rank > 0 joins rank 0's folder (its hydra.run.dir)
         joining = not rank_zero()
         _guarded.append(True)
+        new_parents = [p for p in run.parents if not p.exists()]  # room_or_exit creates them
+        room_or_exit(run.parent, "output folder")
         if joining:
-            room_or_exit(run.parent, "output folder")
             return
         if resuming:
             _before.append(Snapshot(run))
-        new_parents = [p for p in run.parents if not p.exists()]  # room_or_exit creates them
-        room_or_exit(run.parent, "output folder")
-        if resuming:
             return
         taken, before = claim(run, ".hydra")
         before.new_parents = new_parents

@@ -9,26 +9,21 @@ when training starts and every few seconds after, and trains on what is left, on
 least. A second run started beside a first one takes one core; the first gives one up within
 seconds, and takes it back when the second ends.
 
-Only the standard library and Hydra are imported at module level: the sweep callbacks use the
-joblib share before torch loads.
+Only the standard library and Hydra are imported here: the sweep callbacks use the joblib share
+before torch loads. The callback that applies the count while training is perf.FairThreads.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mnist_lit.errors import UserError
-from mnist_lit.rundir import to_run_log
-
-log = logging.getLogger("mnist_lit")
 
 # another program counts as holding a core once it keeps half of one busy or more
 BUSY_CORE = 0.5
@@ -106,50 +101,3 @@ class CoreMeter:
 def fair_share(cores: int, others: float) -> int:
     """Threads that leave the cores other programs use to them: at least one, at most ``cores``."""
     return max(1, min(cores, cores - math.floor(others + (1 - BUSY_CORE))))
-
-
-def fair_threads_callback() -> Any:
-    """A Lightning callback that sets torch's thread count to the fair share, now and while training."""
-    import torch
-    from lightning.pytorch.callbacks import Callback
-
-    class FairThreads(Callback):
-        """Count the cores others use since the run started, then every EVERY_S seconds of training."""
-
-        def __init__(self) -> None:
-            self.meter = CoreMeter()
-            self.cores = available_cores()
-            self.next_check = 0.0
-
-        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-            self.adjust(first=True)  # after the data is loaded, before any progress bar is drawn
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
-            if time.monotonic() >= self.next_check:
-                self.adjust(first=False)
-
-        def adjust(self, first: bool) -> None:
-            self.next_check = time.monotonic() + EVERY_S
-            others = self.meter.others()
-            if others is None:
-                return
-            threads = fair_share(self.cores, others)
-            if first:
-                log.info(
-                    "torch threads: %d of %d cores (other programs are using about %.1f); "
-                    "threads=N sets the count",
-                    threads,
-                    self.cores,
-                    others,
-                )
-            elif threads != torch.get_num_threads():
-                to_run_log(
-                    logging.INFO,
-                    "torch threads: %d now (other programs are using about %.1f of %d cores)",
-                    threads,
-                    others,
-                    self.cores,
-                )
-            torch.set_num_threads(threads)
-
-    return FairThreads()

@@ -36,10 +36,10 @@ from mnist_lit.guards import (
     stopped_run,
 )
 from mnist_lit.module import Classifier
-from mnist_lit.perf import EpochTimer
+from mnist_lit.perf import EpochTimer, FairThreads
 from mnist_lit.record import update_metrics
 from mnist_lit.rundir import check_room, find_checkpoint, training_began
-from mnist_lit.threads import fair_threads_callback, job_threads
+from mnist_lit.threads import job_threads
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             *bar,
             *summary,
             *extra_callbacks(cfg),
-            *([] if threads else [fair_threads_callback()]),
+            *([] if threads else [FairThreads()]),
             *guard_callbacks(out_dir, stop),
         ],
     )
@@ -171,12 +171,12 @@ def route_lightning_logs() -> None:
     warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
     warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last')
     # Lightning 2.6 on torch 2.15 asks a deprecated pytree question on every fit; nothing to act on
-    # It counts training steps, which with steps_per_call are groups of batches; the package logs
-    # per optimizer step (every log_every_n_steps batches), so the advice does not apply
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning counts training steps, which with steps_per_call are groups of batches; the package
+    # logs per optimizer step (every log_every_n_steps batches), so its advice does not apply
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than")
     # a resumed run's checkpoints folder holds its earlier checkpoints (a new run's is always empty)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class _NoAdverts(logging.Filter):
@@ -227,8 +227,13 @@ def rehearse(backbone: torch.nn.Module, optimizer: Any, scheduler: Any, interval
         step(opt)
 
     opt = build("optim", optimizer, list(copy.parameters()), then=two_steps)
+
+    def scheduled_step(sched: torch.optim.lr_scheduler.LRScheduler) -> None:
+        step(opt)
+        sched.step()
+
     sizes = {"total_steps": 100, "steps_per_epoch": 10} if interval == "step" else {}
-    build("sched.scheduler", scheduler, opt, **sizes, then=lambda sched: (step(opt), sched.step()))
+    build("sched.scheduler", scheduler, opt, **sizes, then=scheduled_step)
 
 
 @contextmanager

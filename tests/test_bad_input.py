@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 # (command line, text the message must contain)
 CASES: list[tuple[list[str], list[str]]] = [
@@ -131,7 +132,7 @@ def check_refused(proc: subprocess.CompletedProcess[str], expected: list[str], c
     assert not (cwd / "outputs").exists(), "a refused command left a run folder behind"
 
 
-TINY = ["trainer.limit_train_batches=3", "trainer.enable_progress_bar=false", "inspect.enabled=false"]
+FEW_BATCHES = ["trainer.limit_train_batches=3", "trainer.enable_progress_bar=false", "inspect.enabled=false"]
 # (command line, text the message must contain): values torch, Lightning or a model class refuses
 LIBRARY_CASES: list[tuple[list[str], list[str]]] = [
     (["+optim.foo=1"], ["optim.foo is not an argument of torch.optim.Adam", "weight_decay"]),
@@ -181,14 +182,4 @@ LIBRARY_CASES: list[tuple[list[str], list[str]]] = [
 
 @pytest.mark.parametrize(("args", "expected"), LIBRARY_CASES, ids=[" ".join(a) for a, _ in LIBRARY_CASES])
 def test_library_refusal(args: list[str], expected: list[str], mnist_root: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["MNIST_ROOT"] = str(mnist_root)
-    proc = subprocess.run(
-        [sys.executable, "-m", "mnist_lit", *TINY, *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    check_refused(proc, expected, tmp_path)
+    check_refused(run_cli(*FEW_BATCHES, *args, cwd=tmp_path, mnist_root=mnist_root), expected, tmp_path)
