@@ -3,12 +3,14 @@
     python bench/bench.py                 # full run: table on stdout, JSON in bench/results.json
     python bench/bench.py --quick         # smoke run: every leg, a few batches each; JSON in
                                           # outputs/bench/quick.json (not committed)
+    python bench/bench.py --legs steps_per_call,overhead   # only these legs; JSON in --out, else
+                                          # outputs/bench/partial.json (never bench/results.json)
     python bench/bench.py --threads 2 --out /tmp/bench.json
     python bench/bench.py --override compile=true --override trainer.precision=bf16-mixed   # a GPU
 
-Legs (each printed as a row and kept in the JSON):
+Legs (each printed as a row and kept in the JSON), in the order they run:
   overhead    package throughput (images/s over a training epoch after warm-up, with its normal
-              logging, TensorBoard, progress bar and checkpointing) / a plain loop in this file
+              logging, TensorBoard, progress bar and checkpointing) / a plain loop (bench/baselines.py)
               with the same network, optimizer, schedule, batch size, in-memory data and threads;
               for twoconv also a bare LightningModule (forward and loss only, no logging or
               callbacks, one batch per training step) against the same loop: what Lightning's own
@@ -17,9 +19,14 @@ Legs (each printed as a row and kept in the JSON):
   seeds       package / a plain loop fed by torchvision MNIST + ToTensor + Normalize via DataLoader
   time_to_99  whole-process wall time of ``experiment=fast`` against pytorch/examples' recipe
               (``experiment=examplesnet``) stopped at its first epoch with val/acc >= 99%
+  side_by_side  two default runs started together against one alone (and the same at threads=2)
   flops       achieved training FLOP/s of twoconv (torch.utils.flop_counter) / a large matmul's
   startup     --help, --cfg job, a config error (and whether torch/lightning got imported),
               process start to the first training step
+  steps_per_call  the default run (``python -m mnist_lit``, default config) at steps_per_call=16
+              against steps_per_call=1, in turns ``--repeats`` times, best of each kept
+
+The targets are in one table, report.TARGETS; the typed results and the printed table in report.py.
 
 The package always runs as a user runs it: ``python -m mnist_lit ...`` in a fresh process; its
 throughput comes from the run's own metrics.json (mnist_lit.perf.EpochTimer), timed the same way
@@ -39,245 +46,80 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from baselines import (
+    LoopRate,
+    build,
+    device,
+    has_mnist,
+    load,
+    machine_name,
+    plain_in_memory,
+    plain_torchvision,
+    sync,
+)
+from report import (
+    OVERHEAD_TARGET_BATCHES,
+    TARGETS,
+    BenchResult,
+    Flops,
+    Machine,
+    OverheadRow,
+    Seeds,
+    SideBySide,
+    SpcSide,
+    Startup,
+    StartupCase,
+    StepsPerCall,
+    TimeTo99,
+    ratio,
+    table,
+    to_json,
+)
 from torch.nn import functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-WARMUP = 20  # batches left out of every throughput, as mnist_lit.perf.EpochTimer does
-MEAN, STD = 0.1307, 0.3081
-SEED = 42
-VAL_SIZE = 5000
-THRESHOLD = 0.99
-# --override: extra overrides for every package run (e.g. compile=true channels_last=true
-# trainer.precision=bf16-mixed on a GPU); the plain loops stay plain float32
-PACKAGE_OVERRIDES: list[str] = []
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+THRESHOLD = 0.99  # the accuracy time_to_99 times the runs to (not a target: TARGETS has those)
 QUICK_BATCHES = 25  # --quick: batches per training leg
-GATHER = 8  # the plain in-memory loop gathers and normalises this many batches at once
 QUICK_LIMITS = [
     f"trainer.limit_train_batches={QUICK_BATCHES}",
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
 ]
+LEGS = ("overhead", "seeds", "time_to_99", "side_by_side", "flops", "startup", "steps_per_call")
+# legs that read another leg's results and cannot run without it
+NEEDS = {"seeds": "overhead", "flops": "overhead"}
+SPC_MANY, SPC_ONE = 16, 1  # the steps_per_call leg's two settings
 
 
-# ---- helpers ---------------------------------------------------------------------------------------------
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+@dataclass(frozen=True)
+class Setup:
+    """What every package run of one bench run shares; fixed once the bench starts."""
+
+    tmp: Path  # run folders go here
+    root: Path  # MNIST_ROOT
+    threads: int
+    repeats: int  # runs per side of a ratio, the best of each kept
+    # --override: extra overrides for every package run (e.g. compile=true channels_last=true
+    # trainer.precision=bf16-mixed on a GPU); the plain loops stay plain float32
+    overrides: tuple[str, ...] = ()
 
 
-def machine_name() -> str:
-    """The GPU's name, else the CPU's model name (for the table's heading and the JSON)."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+@dataclass(frozen=True)
+class FastRun:
+    """experiment=fast's run in time_to_99, for the FLOP/s leg: its throughput, batch and layout."""
+
+    images_per_s: float | None
+    batch: int
+    channels_last: bool
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def build(model: str) -> nn.Module:
-    """The package's own backbone class for ``model`` (the same network, not a look-alike)."""
-    from mnist_lit import models
-
-    names = {"twoconv": "TwoConv", "resnet": "ResNet8", "examplesnet": "ExamplesNet"}
-    return getattr(models, names[model])()
-
-
-def optimizer_for(net: nn.Module, steps: int) -> tuple[torch.optim.Optimizer, Any]:
-    """The package's default: Adam lr 0.002 with a per-step one-cycle schedule over the epoch."""
-    opt = torch.optim.Adam(net.parameters(), lr=0.002)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt,
-        max_lr=0.002,
-        total_steps=steps,
-        pct_start=0.25,
-        div_factor=25.0,
-        final_div_factor=1e4,
-        cycle_momentum=False,
-    )
-    return opt, sched
-
-
-def train_split(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The package's 55,000 training images (uint8) and labels, and their indices in the 60,000."""
-    from torchvision.datasets import MNIST
-
-    from mnist_lit.data import split_indices
-
-    ds = MNIST(str(root), train=True, download=False)
-    train_idx, _ = split_indices(len(ds.targets), VAL_SIZE, SEED)
-    return ds.data[train_idx], ds.targets[train_idx], train_idx
-
-
-def timed_epoch(
-    net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int
-) -> dict[str, float]:
-    """Train over ``batches``; images/s over those after the first WARMUP, ended by a device sync."""
-    opt, sched = optimizer_for(net, steps)
-    net.train()
-    images, t0, cpu0 = 0, None, 0.0
-    for i, (x, y) in enumerate(batches):
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if i == WARMUP:
-            sync()
-            t0, cpu0 = time.perf_counter(), time.process_time()
-        elif i > WARMUP:
-            images += len(y)
-    sync()
-    seconds = time.perf_counter() - t0 if t0 is not None else float("nan")
-    cpu = time.process_time() - cpu0 if t0 is not None else float("nan")
-    return {
-        "images": images,
-        "seconds": round(seconds, 4),
-        "images_per_s": round(images / seconds, 1),
-        "images_per_cpu_s": round(images / cpu, 1),
-    }
-
-
-def plain_in_memory(
-    model: str,
-    batch: int,
-    data: tuple[torch.Tensor, torch.Tensor],
-    max_batches: int | None,
-    channels_last: bool = False,
-) -> dict[str, float]:
-    """A hand-written loop over tensors in memory: shuffle, gather, normalise, step.
-
-    Images are gathered and normalised ``GATHER`` batches at a time, then split into batches: on
-    this CPU that runs twoconv at batch 64 10-20% faster than gathering each batch on its own, so
-    the loop the package is compared with is the faster of the two (the package's data module
-    serves ``steps_per_call`` batches at once the same way).
-    ``channels_last``: network and images in NHWC, as the package's ``channels_last=true`` runs.
-    """
-    torch.manual_seed(SEED)
-    dev = device()
-    x_all, y_all = data[0].to(dev), data[1].to(dev)
-    net = build(model).to(dev)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(memory_format=layout)
-    n = len(y_all)
-    steps = -(-n // batch) if max_batches is None else min(max_batches, -(-n // batch))
-
-    def batches() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        perm = torch.randperm(n, device=dev)[: steps * batch]
-        for idx in perm.split(GATHER * batch):
-            xs = ((x_all[idx].float() / 255.0 - MEAN) / STD).unsqueeze(1)
-            for x, y in zip(xs.split(batch), y_all[idx].split(batch), strict=True):
-                yield x.contiguous(memory_format=layout), y
-
-    return timed_epoch(net, batches(), steps)
-
-
-def bare_lightning(
-    model: str, batch: int, data: tuple[torch.Tensor, torch.Tensor], max_batches: int | None
-) -> dict[str, float]:
-    """The floor under any Lightning package: a LightningModule doing only forward and loss.
-
-    No logger, callbacks, metrics, progress bar or checkpoints; the same batches, optimizer and
-    schedule as the plain loop. Its ratio to the plain loop is what Lightning's training loop
-    itself costs per step on this machine, whatever a package built on it does.
-    """
-    import lightning as L
-
-    from mnist_lit.sampling import ResumableLoader
-
-    torch.manual_seed(SEED)
-    x_all, y_all = data
-    n = len(y_all)
-    steps = -(-n // batch) if max_batches is None else min(max_batches, -(-n // batch))
-    stamps: dict[str, float] = {}
-
-    class Bare(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = build(model)
-
-        def training_step(self, b: tuple[torch.Tensor, torch.Tensor], i: int) -> torch.Tensor:
-            if i == WARMUP:
-                sync()
-                stamps["t0"], stamps["cpu0"] = time.perf_counter(), time.process_time()
-            x = ((b[0].float() / 255.0 - MEAN) / STD).unsqueeze(1)
-            return F.cross_entropy(self.net(x), b[1])
-
-        def on_train_epoch_end(self) -> None:
-            sync()
-            stamps["t1"], stamps["cpu1"] = time.perf_counter(), time.process_time()
-
-        def configure_optimizers(self) -> dict[str, Any]:
-            opt, sched = optimizer_for(self.net, steps)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=steps,
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(Bare(), ResumableLoader(x_all, y_all, batch, False, SEED))
-    # the first WARMUP batches are left out; the stamp at WARMUP is taken before that batch runs
-    images = min(n, steps * batch) - WARMUP * batch
-    seconds = stamps["t1"] - stamps["t0"]
-    return {
-        "images_per_s": round(images / seconds, 1),
-        "images_per_cpu_s": round(images / (stamps["cpu1"] - stamps["cpu0"]), 1),
-    }
-
-
-def bare_in_fresh_process(ctx: dict[str, Any], model: str, batch: int, cap: int | None) -> dict[str, float]:
-    """``bare_lightning`` in its own process, started like the package's runs are."""
-    cmd = [sys.executable, __file__, "--bare", model, str(batch), str(cap or 0)]
-    cmd += ["--threads", str(ctx["threads"]), "--data-root", str(ctx["root"])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bare Lightning run failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def plain_torchvision(
-    model: str, batch: int, root: Path, train_idx: torch.Tensor, max_batches: int | None
-) -> dict[str, float]:
-    """The seed reports' pipeline: torchvision MNIST, per-sample ToTensor + Normalize, a DataLoader."""
-    from torch.utils.data import DataLoader, Subset
-    from torchvision import datasets, transforms
-
-    torch.manual_seed(SEED)
-    dev = device()
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
-    ds = Subset(datasets.MNIST(str(root), train=True, download=False, transform=tf), train_idx.tolist())
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, pin_memory=dev.type == "cuda")
-    net = build(model).to(dev)
-    steps = len(loader) if max_batches is None else min(max_batches, len(loader))
-
-    def batches() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        for i, (x, y) in enumerate(loader):
-            if i >= steps:
-                return
-            yield x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-
-    return timed_epoch(net, batches(), steps)
-
-
+# ---- running the package as a user does -------------------------------------------------------------------
 def user_env(root: Path) -> dict[str, str]:
     """The environment a user's shell gives the package: MNIST_ROOT set, no HYDRA_FULL_ERROR."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
@@ -304,23 +146,23 @@ def cli(
 
 
 def package_run(
-    args: list[str], cwd: Path, root: Path, name: str, timeout: float = 1800
+    setup: Setup, args: list[str], name: str, timeout: float = 1800
 ) -> tuple[dict[str, Any], float, float, float | None]:
-    """A package run into cwd/name, as a user starts it.
+    """A package run into setup.tmp/name, as a user starts it (with the bench's --override's).
 
     Returns its metrics.json, the whole-process wall seconds (shell to exit), the start time
     (``time.time()``), and the seconds from the shell to the first printed line that shows the
     test accuracy (None if none did): the process's output is read as it comes.
     """
-    run_dir = cwd / name
-    env = user_env(root)
-    cmd = [sys.executable, "-m", "mnist_lit", *args, *PACKAGE_OVERRIDES, f"hydra.run.dir={run_dir}"]
+    run_dir = setup.tmp / name
+    env = user_env(setup.root)
+    cmd = [sys.executable, "-m", "mnist_lit", *args, *setup.overrides, f"hydra.run.dir={run_dir}"]
     started = time.time()
     t0 = time.perf_counter()
     printed = None
     lines: list[str] = []
     with subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, cwd=setup.tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -335,14 +177,25 @@ def package_run(
     return json.loads((run_dir / "metrics.json").read_text()), wall, started, printed
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a and b else None
+def bare_in_fresh_process(setup: Setup, model: str, batch: int, cap: int | None) -> LoopRate:
+    """baselines.bare_lightning in its own process, started like the package's runs are."""
+    cmd = [sys.executable, str(BENCH / "baselines.py"), "bare", model, str(batch), "--batches", str(cap or 0)]
+    cmd += ["--threads", str(setup.threads), "--data-root", str(setup.root)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bare Lightning run failed:\n{proc.stderr[-2000:]}")
+    return LoopRate(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 # ---- legs ------------------------------------------------------------------------------------------------
 def leg_overhead(
-    ctx: dict[str, Any], models: list[str], batches: list[int], limit: int | None
-) -> list[dict[str, Any]]:
+    setup: Setup,
+    data: tuple[torch.Tensor, torch.Tensor],
+    models: list[str],
+    batches: list[int],
+    limit: int | None,
+    resnet_batches: int,
+) -> list[OverheadRow]:
     """Per model and batch size: the package (a fresh process) and then the plain loop.
 
     twoconv trains a full epoch; resnet (about 15x the compute per image) the first
@@ -351,23 +204,24 @@ def leg_overhead(
     cases = [(model, batch, False, None) for model in models for batch in batches]
     if limit is None:
         # twoconv at 128 for the FLOP/s leg's best batch size (the targets are at 64 and 32), at
-        # 64 in channels_last, the layout this CPU runs twoconv's convolutions fastest in, and at 32
-        # with one batch per Lightning training step (steps_per_call=1) instead of the default's 16
+        # 64 in channels_last, the layout this CPU runs twoconv's convolutions fastest in, and at 64
+        # and 32 with sixteen batches per Lightning training step (steps_per_call=16, an opt-in)
         cases[len(batches) : len(batches)] = [
             ("twoconv", 128, False, None),
             ("twoconv", 64, True, None),
-            ("twoconv", 32, False, 1),
+            ("twoconv", 64, False, 16),
+            ("twoconv", 32, False, 16),
         ]
     rows = []
     for model, batch, channels_last, per_call in cases:
-        cap = limit if limit is not None else (ctx["resnet_batches"] if model == "resnet" else None)
+        cap = limit if limit is not None else (resnet_batches if model == "resnet" else None)
         args = [
             f"model={model}",
             "optim=adam",
             "sched=onecycle",
             f"data.batch_size={batch}",
             "trainer.max_epochs=1",
-            f"threads={ctx['threads']}",
+            f"threads={setup.threads}",
             "accelerator=auto",
             f"channels_last={str(channels_last).lower()}",
         ]
@@ -381,83 +235,87 @@ def leg_overhead(
         name += f"_spc{per_call}" if per_call else ""
         # package and plain loop in turns, the best of each kept: a burst of load from another
         # program on the shared cores then shifts neither side of the ratio
-        timings, plains = [], []
-        for repeat in range(ctx["repeats"]):
-            metrics, wall, started, _ = package_run(args, ctx["tmp"], ctx["root"], f"{name}_{repeat}")
+        timings: list[dict[str, Any]] = []
+        plains: list[LoopRate] = []
+        for repeat in range(setup.repeats):
+            metrics, wall, started, _ = package_run(setup, args, f"{name}_{repeat}")
             timings.append(metrics["timing"])
             if repeat == 0:
                 first = (metrics, wall, started)
-            plains.append(plain_in_memory(model, batch, ctx["data"], cap, channels_last))
+            plains.append(plain_in_memory(model, batch, data, cap, channels_last))
         metrics, wall, started = first
         pkg = max(t["train_images_per_s"] for t in timings)
         pkg_cpu = max(t.get("train_images_per_cpu_s") or 0 for t in timings) or None
-        plain = {k: max(p[k] for p in plains) for k in ("images_per_s", "images_per_cpu_s")}
+        plain = max(p.images_per_s for p in plains)
+        plain_cpu = max(p.images_per_cpu_s for p in plains)
         plain_layout = model != "twoconv" or channels_last or per_call is not None
-        bare = None if plain_layout else bare_in_fresh_process(ctx, model, batch, cap)
+        bare = None if plain_layout else bare_in_fresh_process(setup, model, batch, cap)
+        targeted = per_call is None and not channels_last and batch in OVERHEAD_TARGET_BATCHES
         rows.append(
-            {
-                "model": model,
-                "batch": batch,
-                "channels_last": channels_last,
-                # optimizer steps per Lightning training step, as the run resolved steps_per_call
-                "steps_per_call": metrics.get("steps_per_call"),
-                "default_steps_per_call": per_call is None,
-                "train_batches": cap or "epoch",
-                "package_images_per_s": pkg,
-                "plain_images_per_s": plain["images_per_s"],
-                "ratio": ratio(pkg, plain["images_per_s"]),
-                "target": 0.95 if per_call is None and not channels_last and batch in (32, 64) else None,
-                # per CPU-second: the same ratio, far less disturbed by other programs on the cores
-                "package_images_per_cpu_s": pkg_cpu,
-                "plain_images_per_cpu_s": plain["images_per_cpu_s"],
-                "cpu_ratio": ratio(pkg_cpu, plain["images_per_cpu_s"]),
-                "package_runs_images_per_s": [t["train_images_per_s"] for t in timings],
-                "plain_runs_images_per_s": [p["images_per_s"] for p in plains],
-                # Lightning's own loop, nothing else, against the same plain loop
-                "bare_lightning_images_per_s": bare and bare["images_per_s"],
-                "bare_lightning_ratio": bare and ratio(bare["images_per_s"], plain["images_per_s"]),
-                "package_wall_s": round(wall, 2),
-                "first_step_s": round(metrics["timing"]["first_step_at"] - started, 2),
-            }
+            OverheadRow(
+                model=model,
+                batch=batch,
+                channels_last=channels_last,
+                steps_per_call=metrics.get("steps_per_call"),
+                default_steps_per_call=per_call is None,
+                train_batches=cap or "epoch",
+                package_images_per_s=pkg,
+                plain_images_per_s=plain,
+                ratio=ratio(pkg, plain),
+                target=TARGETS["overhead"].bound if targeted else None,
+                package_images_per_cpu_s=pkg_cpu,
+                plain_images_per_cpu_s=plain_cpu,
+                cpu_ratio=ratio(pkg_cpu, plain_cpu),
+                package_runs_images_per_s=[t["train_images_per_s"] for t in timings],
+                plain_runs_images_per_s=[p.images_per_s for p in plains],
+                bare_lightning_images_per_s=bare and bare.images_per_s,
+                bare_lightning_ratio=bare and ratio(bare.images_per_s, plain),
+                package_wall_s=round(wall, 2),
+                first_step_s=round(metrics["timing"]["first_step_at"] - started, 2),
+            )
         )
-        print(f"  overhead {name}: {rows[-1]}", flush=True)
+        print(f"  overhead {name}: {asdict(rows[-1])}", flush=True)
     return rows
 
 
-def twoconv_row(
-    overhead: list[dict[str, Any]], batch: int, channels_last: bool = False
-) -> dict[str, Any] | None:
-    rows = [
-        r
-        for r in overhead
-        if r["model"] == "twoconv" and r["batch"] == batch and r.get("default_steps_per_call", True)
-    ]
-    return next((r for r in rows if r["channels_last"] == channels_last), None)
+def twoconv_row(overhead: list[OverheadRow], batch: int, channels_last: bool = False) -> OverheadRow | None:
+    """The overhead leg's twoconv row at ``batch`` and layout, at the default steps_per_call."""
+    rows = [r for r in overhead if r.model == "twoconv" and r.batch == batch and r.default_steps_per_call]
+    return next((r for r in rows if r.channels_last == channels_last), None)
 
 
-def leg_seeds(ctx: dict[str, Any], overhead: list[dict[str, Any]], limit: int | None) -> dict[str, Any]:
+def hand_twoconv_epoch_s(overhead: list[OverheadRow] | None, images: int) -> float | None:
+    """Seconds the plain twoconv loop at batch 64 takes for an epoch of ``images``, for time_to_99."""
+    row = twoconv_row(overhead, 64) if overhead else None
+    return round(images / row.plain_images_per_s, 2) if row else None
+
+
+def leg_seeds(setup: Setup, overhead: list[OverheadRow], train_idx: torch.Tensor, limit: int | None) -> Seeds:
     """The package at batch 64 (default layout, and channels_last when measured) / the reports' loop."""
     row = twoconv_row(overhead, 64)
+    if row is None:
+        raise RuntimeError("the seeds leg needs the overhead leg's twoconv batch 64 row")
     cl = twoconv_row(overhead, 64, channels_last=True)
     # the best of as many runs as the package's throughput is the best of
-    root, train_idx = ctx["root"], ctx["train_idx"]
-    runs = [plain_torchvision("twoconv", 64, root, train_idx, limit) for _ in range(ctx["repeats"])]
-    seeds = max(runs, key=lambda r: r["images_per_s"])
-    out = {
-        "model": "twoconv",
-        "batch": 64,
-        "package_images_per_s": row["package_images_per_s"],
-        "torchvision_loop_images_per_s": seeds["images_per_s"],
-        "ratio": ratio(row["package_images_per_s"], seeds["images_per_s"]),
-        "target": 2.0,
-        "channels_last_package_images_per_s": cl and cl["package_images_per_s"],
-        "channels_last_ratio": cl and ratio(cl["package_images_per_s"], seeds["images_per_s"]),
-    }
-    print(f"  seeds: {out}", flush=True)
+    runs = [plain_torchvision("twoconv", 64, setup.root, train_idx, limit) for _ in range(setup.repeats)]
+    seeds = max(runs, key=lambda r: r.images_per_s)
+    out = Seeds(
+        model="twoconv",
+        batch=64,
+        package_images_per_s=row.package_images_per_s,
+        torchvision_loop_images_per_s=seeds.images_per_s,
+        ratio=ratio(row.package_images_per_s, seeds.images_per_s),
+        target=TARGETS["seeds"].bound,
+        channels_last_package_images_per_s=cl and cl.package_images_per_s,
+        channels_last_ratio=cl and ratio(cl.package_images_per_s, seeds.images_per_s),
+    )
+    print(f"  seeds: {asdict(out)}", flush=True)
     return out
 
 
-def leg_time_to_99(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
+def leg_time_to_99(
+    setup: Setup, quick: bool, examples_epochs: int, hand_epoch_s: float | None
+) -> tuple[TimeTo99, FastRun]:
     """fast's whole process vs examplesnet's recipe run until its first epoch at val/acc >= 99%.
 
     Both are whole processes, timed from the shell to the printed test accuracy (and to exit).
@@ -465,21 +323,23 @@ def leg_time_to_99(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
     EarlyStopping stopping_threshold), capped at ``examples_epochs`` epochs to stay affordable
     (on 55,000 training images it got there in its 5th epoch here). If the cap stops it first,
     ``examplesnet_reached_99`` says false and its time is a lower bound.
+    ``hand_epoch_s``: the plain twoconv loop's epoch (from the overhead leg), or None.
+    Also returns fast's throughput, batch and layout, for the FLOP/s leg.
     """
     tiny = QUICK_LIMITS if quick else []
-    threads = f"threads={ctx['threads']}"
+    threads = f"threads={setup.threads}"
     fast, fast_wall, _, fast_printed = package_run(
-        ["experiment=fast", threads, "accelerator=auto", *tiny], ctx["tmp"], ctx["root"], "fast"
+        setup, ["experiment=fast", threads, "accelerator=auto", *tiny], "fast"
     )
     from omegaconf import OmegaConf
 
-    fast_cfg = OmegaConf.load(ctx["tmp"] / "fast" / ".hydra" / "config.yaml")
-    ctx["fast_run"] = {
-        "images_per_s": fast["timing"]["train_images_per_s"],
-        "batch": int(fast_cfg.data.batch_size),
-        "channels_last": bool(fast_cfg.channels_last),
-    }
-    cap = 1 if quick else ctx["examples_epochs"]
+    fast_cfg = OmegaConf.load(setup.tmp / "fast" / ".hydra" / "config.yaml")
+    fast_run = FastRun(
+        images_per_s=fast["timing"]["train_images_per_s"],
+        batch=int(fast_cfg.data.batch_size),
+        channels_last=bool(fast_cfg.channels_last),
+    )
+    cap = 1 if quick else examples_epochs
     ex_args = [
         "experiment=examplesnet",
         threads,
@@ -490,40 +350,39 @@ def leg_time_to_99(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
         f"early_stopping.stopping_threshold={THRESHOLD - 1e-4}",
         *tiny,
     ]
-    ex, ex_wall, _, ex_printed = package_run(ex_args, ctx["tmp"], ctx["root"], "examplesnet")
+    ex, ex_wall, _, ex_printed = package_run(setup, ex_args, "examplesnet")
     reached = (ex.get("val/acc_best") or 0) >= THRESHOLD
     # training seconds per epoch of its 55,000 images (timed after warm-up, scaled to the epoch)
     epoch_s = [e["seconds"] * 55_000 / e["images"] for e in ex["timing"]["train_epochs"]]
-    hand = ctx.get("hand_twoconv_epoch_s")
     # the issue's measure: shell to the printed test accuracy; the process then still takes about
     # a second to exit (Python unloading torch and Lightning), kept in *_exit_s
     fast_s = fast_printed or fast_wall
     ex_s = ex_printed or ex_wall
-    out = {
-        "fast_wall_s": round(fast_s, 2),
-        "fast_exit_s": round(fast_wall, 2),
-        "fast_test_acc": fast.get("test/acc"),
-        "fast_epochs": fast["epochs"],
-        "fast_reached_99": (fast.get("test/acc") or 0) >= THRESHOLD,
-        "examplesnet_wall_s": round(ex_s, 2),
-        "examplesnet_exit_s": round(ex_wall, 2),
-        "examplesnet_epochs": ex["epochs"],
-        "examplesnet_epoch_cap": cap,
-        "examplesnet_epoch_s": [round(t, 2) for t in epoch_s],
-        "examplesnet_val_acc_best": ex.get("val/acc_best"),
-        "examplesnet_test_acc": ex.get("test/acc"),
-        "examplesnet_reached_99": reached,
-        "speedup": ratio(ex_s, fast_s),
-        "target_speedup": 15.0,
-        "hand_twoconv_epoch_s": hand,
-        "fast_over_3_hand_epochs": ratio(fast_s, 3 * hand) if hand else None,
-        "target_fast_over_3_hand_epochs": 1.0,
-    }
-    print(f"  time_to_99: {out}", flush=True)
-    return out
+    out = TimeTo99(
+        fast_wall_s=round(fast_s, 2),
+        fast_exit_s=round(fast_wall, 2),
+        fast_test_acc=fast.get("test/acc"),
+        fast_epochs=fast["epochs"],
+        fast_reached_99=(fast.get("test/acc") or 0) >= THRESHOLD,
+        examplesnet_wall_s=round(ex_s, 2),
+        examplesnet_exit_s=round(ex_wall, 2),
+        examplesnet_epochs=ex["epochs"],
+        examplesnet_epoch_cap=cap,
+        examplesnet_epoch_s=[round(t, 2) for t in epoch_s],
+        examplesnet_val_acc_best=ex.get("val/acc_best"),
+        examplesnet_test_acc=ex.get("test/acc"),
+        examplesnet_reached_99=reached,
+        speedup=ratio(ex_s, fast_s),
+        target_speedup=TARGETS["time_to_99"].bound,
+        hand_twoconv_epoch_s=hand_epoch_s,
+        fast_over_3_hand_epochs=ratio(fast_s, 3 * hand_epoch_s) if hand_epoch_s else None,
+        target_fast_over_3_hand_epochs=TARGETS["fast_over_3_hand_epochs"].bound,
+    )
+    print(f"  time_to_99: {asdict(out)}", flush=True)
+    return out, fast_run
 
 
-def leg_side_by_side(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
+def leg_side_by_side(setup: Setup, quick: bool) -> SideBySide:
     """Two default runs started together by hand, against one alone, in this bench run.
 
     Each run chooses its torch threads from the cores other programs leave free (mnist_lit/threads.py).
@@ -536,16 +395,13 @@ def leg_side_by_side(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
         return float(metrics["timing"]["train_images_per_s"])
 
     def alone(name: str, extra: list[str]) -> float:
-        return max(
-            rate(package_run([*args, *extra], ctx["tmp"], ctx["root"], f"{name}_{i}")[0])
-            for i in range(ctx["repeats"])
-        )
+        return max(rate(package_run(setup, [*args, *extra], f"{name}_{i}")[0]) for i in range(setup.repeats))
 
     def together(name: str, extra: list[str]) -> list[float]:
         found: dict[int, float] = {}
 
         def one(i: int) -> None:
-            found[i] = rate(package_run([*args, *extra], ctx["tmp"], ctx["root"], f"{name}_{i}")[0])
+            found[i] = rate(package_run(setup, [*args, *extra], f"{name}_{i}")[0])
 
         pair = [threading.Thread(target=one, args=(i,)) for i in range(2)]
         for t in pair:
@@ -560,17 +416,17 @@ def leg_side_by_side(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
     pair = together("pair", [])
     fixed_solo = alone("fixed_solo", ["threads=2"])
     fixed_pair = together("fixed_pair", ["threads=2"])
-    return {
-        "solo_images_per_s": round(solo, 1),
-        "pair_images_per_s": [round(r, 1) for r in pair],
-        "pair_over_solo": [ratio(r, solo) for r in pair],
-        "target_pair_over_solo": 0.4,
-        "fixed_solo_images_per_s": round(fixed_solo, 1),
-        "fixed_pair_images_per_s": [round(r, 1) for r in fixed_pair],
-        "fixed_pair_over_solo": [ratio(r, fixed_solo) for r in fixed_pair],
-        "solo_over_fixed_solo": ratio(solo, fixed_solo),
-        "target_solo_over_fixed_solo": 0.97,
-    }
+    return SideBySide(
+        solo_images_per_s=round(solo, 1),
+        pair_images_per_s=[round(r, 1) for r in pair],
+        pair_over_solo=[ratio(r, solo) for r in pair],
+        target_pair_over_solo=TARGETS["pair_over_solo"].bound,
+        fixed_solo_images_per_s=round(fixed_solo, 1),
+        fixed_pair_images_per_s=[round(r, 1) for r in fixed_pair],
+        fixed_pair_over_solo=[ratio(r, fixed_solo) for r in fixed_pair],
+        solo_over_fixed_solo=ratio(solo, fixed_solo),
+        target_solo_over_fixed_solo=TARGETS["solo_over_fixed_solo"].bound,
+    )
 
 
 def matmul_flops(n: int, seconds: float) -> float:
@@ -600,37 +456,37 @@ def train_step_flops(model: str, batch: int) -> int:
     return counter.get_total_flops()
 
 
-def leg_flops(ctx: dict[str, Any], overhead: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
+def leg_flops(overhead: list[OverheadRow], fast: FastRun | None, quick: bool) -> Flops:
     """Achieved training FLOP/s over a large matmul's: the default run's best batch, and fast's settings.
 
     experiment=fast is where the cheap raises live (batch 256, channels_last); its throughput
-    comes from its own metrics.json, timed like every other package run.
+    comes from its own metrics.json (``fast``, from the time_to_99 leg; None when it did not run),
+    timed like every other package run.
     """
-    rows = [r for r in overhead if r["model"] == "twoconv" and not r["channels_last"]]
-    best = max(rows, key=lambda r: r["package_images_per_s"])
-    per_image = train_step_flops("twoconv", best["batch"]) / best["batch"]
-    achieved = per_image * best["package_images_per_s"]
+    rows = [r for r in overhead if r.model == "twoconv" and not r.channels_last]
+    best = max(rows, key=lambda r: r.package_images_per_s)
+    per_image = train_step_flops("twoconv", best.batch) / best.batch
+    achieved = per_image * best.package_images_per_s
     peak = matmul_flops(1024 if quick else 2048, 0.5 if quick else 3.0)
-    fast = ctx.get("fast_run", {})
-    fast_rate = fast.get("images_per_s")
-    fast_batch = fast.get("batch")
+    fast_rate = fast.images_per_s if fast else None
+    fast_batch = fast.batch if fast else None
     fast_achieved = (
         train_step_flops("twoconv", fast_batch) / fast_batch * fast_rate if fast_rate and fast_batch else None
     )
-    out = {
-        "model": "twoconv",
-        "best_batch": best["batch"],
-        "train_flop_per_image": int(per_image),
-        "achieved_flop_per_s": round(achieved),
-        "matmul_flop_per_s": round(peak),
-        "fraction_of_matmul": round(achieved / peak, 4),
-        "fast_batch": fast_batch,
-        "fast_channels_last": fast.get("channels_last"),
-        "fast_images_per_s": fast_rate,
-        "fast_achieved_flop_per_s": round(fast_achieved) if fast_achieved else None,
-        "fast_fraction_of_matmul": round(fast_achieved / peak, 4) if fast_achieved else None,
-    }
-    print(f"  flops: {out}", flush=True)
+    out = Flops(
+        model="twoconv",
+        best_batch=best.batch,
+        train_flop_per_image=int(per_image),
+        achieved_flop_per_s=round(achieved),
+        matmul_flop_per_s=round(peak),
+        fraction_of_matmul=round(achieved / peak, 4),
+        fast_batch=fast_batch,
+        fast_channels_last=fast.channels_last if fast else None,
+        fast_images_per_s=fast_rate,
+        fast_achieved_flop_per_s=round(fast_achieved) if fast_achieved else None,
+        fast_fraction_of_matmul=round(fast_achieved / peak, 4) if fast_achieved else None,
+    )
+    print(f"  flops: {asdict(out)}", flush=True)
     return out
 
 
@@ -642,125 +498,114 @@ def heavy_imports(args: list[str], cwd: Path, root: Path) -> tuple[list[str], in
     return heavy, proc.returncode, wall
 
 
-def leg_startup(ctx: dict[str, Any], overhead: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
-    """Best of ``repeats`` wall times per case (0: the import-checking run's own time, slightly slower)."""
+def leg_startup(setup: Setup, overhead: list[OverheadRow] | None, repeats: int) -> Startup:
+    """Best of ``repeats`` wall times per case (0: the import-checking run's own time, slightly slower).
+
+    The first training step's time is the overhead leg's runs' earliest (None when it did not run).
+    """
     cases = {
         "help": ["--help"],
         "cfg_job": ["--cfg", "job"],
         "config_error": ["data.batch_size=0"],
     }
-    out: dict[str, Any] = {}
+    found: dict[str, StartupCase] = {}
     for name, args in cases.items():
-        heavy, code, wall = heavy_imports(args, ctx["tmp"], ctx["root"])
-        times = [cli(args, ctx["tmp"], ctx["root"], timeout=120)[1] for _ in range(repeats)] or [wall]
-        out[name] = {
-            "seconds": round(min(times), 3),
-            "exit_code": code,
-            "expected_exit_code": 2 if name == "config_error" else 0,
-            "heavy_imports": heavy,
-            "target_s": 1.5,
-        }
-    out["first_training_step_s"] = min(r["first_step_s"] for r in overhead)
-    print(f"  startup: {out}", flush=True)
+        heavy, code, wall = heavy_imports(args, setup.tmp, setup.root)
+        times = [cli(args, setup.tmp, setup.root, timeout=120)[1] for _ in range(repeats)] or [wall]
+        found[name] = StartupCase(
+            seconds=round(min(times), 3),
+            exit_code=code,
+            expected_exit_code=2 if name == "config_error" else 0,
+            heavy_imports=heavy,
+            target_s=TARGETS["startup"].bound,
+        )
+    out = Startup(
+        help=found["help"],
+        cfg_job=found["cfg_job"],
+        config_error=found["config_error"],
+        first_training_step_s=min(r.first_step_s for r in overhead) if overhead else None,
+    )
+    print(f"  startup: {asdict(out)}", flush=True)
     return out
 
 
-# ---- report ----------------------------------------------------------------------------------------------
-def table(res: dict[str, Any]) -> str:
-    lines = [
-        f"mnist_lit bench on {res['machine']['device']}, {res['machine']['threads']} threads"
-        + (" (quick: a few batches per leg, numbers not meaningful)" if res["quick"] else ""),
-        "",
-        "| leg | case | package | baseline | ratio | target | ratio per CPU-second "
-        "| bare Lightning / plain |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in res["overhead"]:
-        lines.append(
-            f"| overhead | {r['model']} batch {r['batch']}{', channels_last' if r['channels_last'] else ''} "
-            f"({r['train_batches']}, {r['steps_per_call']} per call) "
-            f"| {r['package_images_per_s']:,.0f} img/s "
-            f"| plain loop {r['plain_images_per_s']:,.0f} img/s | {r['ratio']} "
-            f"| {'>= ' + str(r['target']) if r['target'] else ''} "
-            f"| {r['cpu_ratio']} | {r.get('bare_lightning_ratio') or ''} |"
+def leg_steps_per_call(setup: Setup, quick: bool) -> StepsPerCall:
+    """Is the default run at steps_per_call=16 at least TARGETS["steps_per_call"] faster than at 1?
+
+    Each run is started as a user starts it, ``python -m mnist_lit steps_per_call=N threads=T``:
+    the package's default config otherwise (twoconv, batch 64, its default epochs; --quick adds
+    the quick limits). The two run in turns ``setup.repeats`` times and the best of each is kept:
+    training throughput from the run's own metrics.json (EpochTimer, its last epoch after
+    warm-up), and the whole process, shell to exit.
+    """
+    common = [f"threads={setup.threads}", *(QUICK_LIMITS if quick else [])]
+    found: dict[int, list[tuple[dict[str, Any], float]]] = {SPC_MANY: [], SPC_ONE: []}
+    for repeat in range(setup.repeats):
+        for per_call in (SPC_MANY, SPC_ONE):
+            args = [f"steps_per_call={per_call}", *common]
+            metrics, wall, _, _ = package_run(setup, args, f"spc{per_call}_{repeat}")
+            found[per_call].append((metrics, wall))
+
+    def side(per_call: int) -> SpcSide:
+        runs = found[per_call]
+        resolved = {m.get("steps_per_call") for m, _ in runs}
+        if resolved != {per_call}:
+            raise RuntimeError(f"steps_per_call={per_call} ran at {sorted(map(str, resolved))}")
+        rates = [m["timing"]["train_images_per_s"] for m, _ in runs]
+        walls = [round(w, 2) for _, w in runs]
+        return SpcSide(
+            steps_per_call=per_call,
+            images_per_s=max(rates),
+            wall_s=min(walls),
+            runs_images_per_s=rates,
+            runs_wall_s=walls,
         )
-    s = res["seeds"]
-    lines.append(
-        f"| seeds pipeline | twoconv batch 64 | {s['package_images_per_s']:,.0f} img/s "
-        f"| torchvision+DataLoader {s['torchvision_loop_images_per_s']:,.0f} img/s | {s['ratio']} "
-        f"| >= {s['target']} |"
+
+    from omegaconf import OmegaConf
+
+    run_dir = setup.tmp / f"spc{SPC_MANY}_0" / ".hydra"
+    choices = OmegaConf.load(run_dir / "hydra.yaml").hydra.runtime.choices
+    many, one = side(SPC_MANY), side(SPC_ONE)
+    out = StepsPerCall(
+        model=str(choices.model),
+        batch=int(OmegaConf.load(run_dir / "config.yaml").data.batch_size),
+        epochs=int(found[SPC_MANY][0][0]["epochs"]),
+        train_batches=QUICK_BATCHES if quick else "epoch",
+        many=many,
+        one=one,
+        ratio=ratio(many.images_per_s, one.images_per_s),
+        target=TARGETS["steps_per_call"].bound,
+        wall_ratio=ratio(one.wall_s, many.wall_s),
     )
-    if s.get("channels_last_ratio"):
-        lines.append(
-            f"| seeds pipeline | twoconv batch 64, package in channels_last "
-            f"| {s['channels_last_package_images_per_s']:,.0f} img/s "
-            f"| torchvision+DataLoader {s['torchvision_loop_images_per_s']:,.0f} img/s "
-            f"| {s['channels_last_ratio']} | >= {s['target']} |"
-        )
-    t = res["time_to_99"]
-    lines.append(
-        f"| time to 99% (shell to printed test acc) | experiment=fast vs examplesnet | {t['fast_wall_s']} s "
-        f"(test {t['fast_test_acc']:.4f}, {t['fast_epochs']} ep) | {t['examplesnet_wall_s']} s "
-        f"({t['examplesnet_epochs']} ep, val {t['examplesnet_val_acc_best']:.4f}) | {t['speedup']}x "
-        f"| >= {t['target_speedup']}x |"
-    )
-    lines.append(
-        f"| time to 99% (shell to process exit) | experiment=fast vs examplesnet | {t['fast_exit_s']} s "
-        f"| {t['examplesnet_exit_s']} s | {ratio(t['examplesnet_exit_s'], t['fast_exit_s'])}x | |"
-    )
-    if t["hand_twoconv_epoch_s"]:
-        lines.append(
-            f"| time to 99% | fast vs 3 hand-loop twoconv epochs | {t['fast_wall_s']} s "
-            f"| {3 * t['hand_twoconv_epoch_s']:.2f} s | {t['fast_over_3_hand_epochs']} | <= 1.0 |"
-        )
-    sb = res.get("side_by_side")
-    if sb:
-        pair = " and ".join(f"{r:,.0f}" for r in sb["pair_images_per_s"])
-        fixed = " and ".join(f"{r:,.0f}" for r in sb["fixed_pair_images_per_s"])
-        lines.append(
-            f"| side by side | two default runs started together, each vs one alone | {pair} img/s "
-            f"| alone {sb['solo_images_per_s']:,.0f} img/s | {min(sb['pair_over_solo'])} (lower of the two) "
-            f"| >= {sb['target_pair_over_solo']} |"
-        )
-        lines.append(
-            f"| side by side | the same with threads=2 fixed (torch's default) | {fixed} img/s "
-            f"| alone {sb['fixed_solo_images_per_s']:,.0f} img/s "
-            f"| {min(sb['fixed_pair_over_solo'])} | contrast |"
-        )
-        lines.append(
-            f"| side by side | one run alone: threads chosen vs threads=2 "
-            f"| {sb['solo_images_per_s']:,.0f} img/s "
-            f"| {sb['fixed_solo_images_per_s']:,.0f} img/s | {sb['solo_over_fixed_solo']} "
-            f"| >= {sb['target_solo_over_fixed_solo']} |"
-        )
-    f = res["flops"]
-    lines.append(
-        f"| FLOP/s | twoconv batch {f['best_batch']} training | {f['achieved_flop_per_s'] / 1e9:.2f} GFLOP/s "
-        f"| matmul {f['matmul_flop_per_s'] / 1e9:.1f} GFLOP/s | {f['fraction_of_matmul']} | report |"
-    )
-    if f.get("fast_achieved_flop_per_s"):
-        layout = ", channels_last" if f["fast_channels_last"] else ""
-        lines.append(
-            f"| FLOP/s | twoconv experiment=fast (batch {f['fast_batch']}{layout}) "
-            f"| {f['fast_achieved_flop_per_s'] / 1e9:.2f} GFLOP/s "
-            f"| matmul {f['matmul_flop_per_s'] / 1e9:.1f} GFLOP/s | {f['fast_fraction_of_matmul']} | report |"
-        )
-    st = res["startup"]
-    for name in ("help", "cfg_job", "config_error"):
-        c = st[name]
-        heavy = ", ".join(c["heavy_imports"]) or "no torch/lightning"
-        lines.append(
-            f"| start-up | {name} (exit {c['exit_code']}) | {c['seconds']} s | {heavy} | "
-            f"| < {c['target_s']} s |"
-        )
-    first = st["first_training_step_s"]
-    lines.append(f"| start-up | process start to first training step | {first} s | | | |")
-    return "\n".join(lines)
+    print(f"  steps_per_call: {asdict(out)}", flush=True)
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
+# ---- the command -----------------------------------------------------------------------------------------
+def parse_legs(text: str | None) -> tuple[str, ...] | None:
+    """``--legs a,b``: the legs named, in LEGS's order (None: every leg); ValueError for a bad list."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in LEGS]
+    if unknown or not names:
+        named = ", ".join(unknown) or "(none given)"
+        raise ValueError(f"unknown leg(s) {named}; the legs: {', '.join(LEGS)}")
+    for leg in names:
+        if leg in NEEDS and NEEDS[leg] not in names:
+            need = NEEDS[leg]
+            raise ValueError(f"the {leg} leg reads the {need} leg's results: add {need} to --legs")
+    return tuple(leg for leg in LEGS if leg in names)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a smoke run: every leg, a few batches")
+    p.add_argument(
+        "--legs",
+        help=f"only these legs, comma-separated (default: all: {','.join(LEGS)}); the JSON then goes to "
+        "--out, else outputs/bench/partial.json, never bench/results.json",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -776,68 +621,86 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--resnet-batches", type=int, default=300, help="resnet's timed batches per run")
     p.add_argument(
-        "--repeats", type=int, default=2, help="overhead leg: package and plain runs per case (best kept)"
+        "--repeats",
+        type=int,
+        default=2,
+        help="overhead and steps_per_call legs: runs per side of a ratio (best kept)",
     )
     p.add_argument("--examples-epochs", type=int, default=6, help="cap on examplesnet's epochs to 99%%")
-    p.add_argument("--bare", nargs=3, metavar=("MODEL", "BATCH", "BATCHES"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.out is None:
-        a.out = REPO / ("outputs/bench/quick.json" if a.quick else "bench/results.json")
-    if not (a.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+    try:
+        a.legs = parse_legs(a.legs)
+    except ValueError as e:
+        p.error(str(e))
+    committed = REPO / "bench" / "results.json"
+    if a.legs is not None:
+        a.out = a.out or REPO / "outputs" / "bench" / "partial.json"
+        if a.out.resolve() == committed:
+            p.error("--legs runs only some legs: their JSON never replaces bench/results.json")
+    elif a.out is None:
+        a.out = REPO / "outputs" / "bench" / "quick.json" if a.quick else committed
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    legs = a.legs or LEGS
+    if not has_mnist(a.data_root):
         print(f"error: no MNIST/raw/ under --data-root {a.data_root} (or MNIST_ROOT)", file=sys.stderr)
         return 2
-    torch.set_num_threads(a.threads)
-    PACKAGE_OVERRIDES[:] = a.override
-    x, y, train_idx = train_split(a.data_root)
-    # importing mnist_lit (above) imported Lightning, which makes torch ask NVML whether CUDA is
-    # there at every optimizer step (~40 us each on a machine without a GPU); a hand-written script
-    # never imports Lightning, and the package lifts it on accelerator=cpu runs as well
-    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
-    if a.bare:  # one bare-Lightning measurement, for bare_in_fresh_process: JSON on the last line
-        model, batch, batches = a.bare[0], int(a.bare[1]), int(a.bare[2]) or None
-        print(json.dumps(bare_lightning(model, batch, (x, y), batches)))
-        return 0
+    x, y, train_idx = load(a.data_root, a.threads)
     limit = QUICK_BATCHES if a.quick else None
+    models = ["twoconv"] if a.quick else ["twoconv", "resnet"]
+    batches = [64] if a.quick else [64, 32]
     started = time.perf_counter()
+    overhead = seeds = time_to_99 = side_by_side = flops = startup = steps_per_call = fast = None
     with tempfile.TemporaryDirectory(prefix="mnist_lit_bench_") as tmp:
-        ctx: dict[str, Any] = {
-            "tmp": Path(tmp),
-            "root": a.data_root.resolve(),
-            "threads": a.threads,
-            "data": (x, y),
-            "train_idx": train_idx,
-            "examples_epochs": a.examples_epochs,
-            "resnet_batches": a.resnet_batches,
-            "repeats": 1 if a.quick else max(1, a.repeats),
-        }
-        models = ["twoconv"] if a.quick else ["twoconv", "resnet"]
-        batches = [64] if a.quick else [64, 32]
-        overhead = leg_overhead(ctx, models, batches, limit)
-        hand = twoconv_row(overhead, 64)
-        ctx["hand_twoconv_epoch_s"] = round(len(y) / hand["plain_images_per_s"], 2)
-        res: dict[str, Any] = {
-            "quick": a.quick,
-            "machine": {
-                "device": machine_name(),
-                "threads": a.threads,
-                "package_overrides": a.override,
-                "cpus": os.cpu_count(),
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-            },
-            "overhead": overhead,
-            "seeds": leg_seeds(ctx, overhead, limit),
-            "time_to_99": leg_time_to_99(ctx, a.quick),
-            "side_by_side": leg_side_by_side(ctx, a.quick),
-            "flops": leg_flops(ctx, overhead, a.quick),
-            "startup": leg_startup(ctx, overhead, 0 if a.quick else 3),
-        }
-    res["bench_seconds"] = round(time.perf_counter() - started, 1)
+        setup = Setup(
+            tmp=Path(tmp),
+            root=a.data_root.resolve(),
+            threads=a.threads,
+            repeats=1 if a.quick else max(1, a.repeats),
+            overrides=tuple(a.override),
+        )
+        if "overhead" in legs:
+            overhead = leg_overhead(setup, (x, y), models, batches, limit, a.resnet_batches)
+        if "seeds" in legs:
+            seeds = leg_seeds(setup, overhead, train_idx, limit)
+        if "time_to_99" in legs:
+            hand_epoch_s = hand_twoconv_epoch_s(overhead, len(y))
+            time_to_99, fast = leg_time_to_99(setup, a.quick, a.examples_epochs, hand_epoch_s)
+        if "side_by_side" in legs:
+            side_by_side = leg_side_by_side(setup, a.quick)
+        if "flops" in legs:
+            flops = leg_flops(overhead, fast, a.quick)
+        if "startup" in legs:
+            startup = leg_startup(setup, overhead, 0 if a.quick else 3)
+        if "steps_per_call" in legs:
+            steps_per_call = leg_steps_per_call(setup, a.quick)
+    res = BenchResult(
+        quick=a.quick,
+        machine=Machine(
+            device=machine_name(),
+            threads=a.threads,
+            package_overrides=a.override,
+            cpus=os.cpu_count(),
+            torch=torch.__version__,
+            python=platform.python_version(),
+        ),
+        overhead=overhead,
+        seeds=seeds,
+        time_to_99=time_to_99,
+        side_by_side=side_by_side,
+        flops=flops,
+        startup=startup,
+        steps_per_call=steps_per_call,
+        bench_seconds=round(time.perf_counter() - started, 1),
+    )
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2) + "\n")
+    a.out.write_text(json.dumps(to_json(res), indent=2) + "\n")
     print()
     print(table(res))
-    print(f"\nbench took {res['bench_seconds']} s; JSON: {a.out}")
+    print(f"\nbench took {res.bench_seconds} s; JSON: {a.out}")
     return 0
 
 

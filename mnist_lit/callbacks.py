@@ -135,8 +135,7 @@ class Inspection(Callback):
         if writer is None:
             return
         x, y = batch
-        # one batch: with steps_per_call > 1 a training step's item holds several
-        n = min(len(y), 100, getattr(pl_module, "batch_size", None) or len(y))
+        n = min(len(y), 100)
         grid = render.titled_grid(self._pixels(trainer, x[:n]), [str(int(v)) for v in y[:n]], ncol=10)
         writer.add_image(f"{TAG}/train_batch", render.headed(grid, "a training batch, labelled"), 0)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import json
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from torch import nn
 
 from mnist_lit.errors import UserError, one_line
 from mnist_lit.images import MEAN, STD, normalize
+from mnist_lit.rundir import checkpoints_folder, evaluation_checkpoint, run_dir_of
 
 MODELS_PACKAGE = "mnist_lit.models"
 CONF_MODELS = Path(__file__).resolve().parent / "conf" / "model"
@@ -54,6 +54,26 @@ class LoadedModel:
         """uint8 [N,28,28] -> float [N,1,28,28] standardised as the run trained on it."""
         return normalize(images, self.mean, self.std)
 
+    def logits(self, images: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
+        """float32 logits [N, 10], on the CPU, of uint8 images [N,28,28], ``batch_size`` at a time
+        on ``device`` (where the backbone is)."""
+        with torch.inference_mode():
+            return torch.cat(
+                [
+                    self.backbone(self.normalize(chunk.to(device))).float().cpu()
+                    for chunk in images.split(batch_size)
+                ]
+            )
+
+    def test_set(self, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official MNIST test images and labels, from ``root`` (the command's data.root, which
+        MNIST_ROOT sets), else from where the run read its data (downloaded only if the run did)."""
+        from mnist_lit.data import load_mnist
+
+        run_data = self.config.get("data", {})
+        folder = root or run_data.get("root") or "data"
+        return load_mnist(folder, train=False, download=bool(run_data.get("download", False)))
+
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A .ckpt file as given, or for a run directory its best checkpoint (else its last.ckpt)."""
@@ -64,27 +84,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise UserError(
             f"ckpt={str(path)!r}: no such file or directory (give a .ckpt file or a run directory)"
         )
-    ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    metrics = p / "metrics.json"
-    if metrics.is_file():
-        try:
-            best = json.loads(metrics.read_text()).get("best_checkpoint")
-        except (json.JSONDecodeError, AttributeError):
-            best = None
-        # by name inside this directory, so a run directory that was moved still resolves
-        if best and (ckpt_dir / Path(best).name).is_file():
-            return ckpt_dir / Path(best).name
-    if (ckpt_dir / "last.ckpt").is_file():
-        return ckpt_dir / "last.ckpt"
-    found = sorted(ckpt_dir.glob("*.ckpt"), key=lambda f: f.stat().st_mtime)
-    if not found:
-        raise UserError(f"ckpt={str(path)!r}: no .ckpt file in {ckpt_dir}")
-    return found[-1]
-
-
-def run_dir_of(ckpt: Path) -> Path:
-    """The run directory a checkpoint belongs to (the folder above checkpoints/), else its folder."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    found = evaluation_checkpoint(p)
+    if found is None:
+        raise UserError(f"ckpt={str(path)!r}: no .ckpt file in {checkpoints_folder(p)}")
+    return found
 
 
 def _numpy_globals() -> list[Any]:

@@ -14,11 +14,8 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lit.config import _integer, check_rules, group_options, positive_int
+from mnist_lit.config import Rules, group_options, optional_path, optional_positive_int, path_like
 from mnist_lit.errors import UserError, report
-
-Rules = dict[str, tuple[Callable[[Any], bool], str]]
-
 
 # --help of the checkpoint commands lists a group's options as ${mnist_lit_options:model}
 OmegaConf.register_new_resolver(
@@ -27,25 +24,12 @@ OmegaConf.register_new_resolver(
 DEVICES = ("cpu", "cuda", "auto")
 
 
-def optional_positive_int(x: Any) -> bool:
-    return x is None or positive_int(x)
-
-
-def path_like(x: Any) -> bool:
-    return isinstance(x, str) and x != ""
-
-
 COMMON: Rules = {
     "ckpt": (path_like, "a .ckpt file or a run directory"),
     "threads": (optional_positive_int, "null or an integer >= 1"),
     "device": (lambda x: x in DEVICES, " or ".join(DEVICES)),
-    "data.root": (lambda x: x is None or path_like(x), "null (the run's own) or a folder path"),
+    "data.root": (optional_path, "null (the run's own) or a folder path"),
 }
-
-
-def check(cfg: DictConfig, rules: Rules) -> None:
-    """Raise UserError on the first missing required value or value out of its allowed range."""
-    check_rules(cfg, rules)
 
 
 PATH_KEYS = ("ckpt", "images", "out", "preview")
@@ -81,11 +65,6 @@ def run_command(main: Callable[[], None], config_name: str) -> None:
         main()
     except BrokenPipeError:
         reader_left()
-
-
-def int_list(lo: int, hi: int) -> Callable[[Any], bool]:
-    """A non-empty list of integers in lo..hi."""
-    return lambda x: isinstance(x, list) and bool(x) and all(_integer(v) and lo <= v <= hi for v in x)
 
 
 @contextmanager

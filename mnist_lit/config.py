@@ -26,68 +26,97 @@ _MISSING = object()
 SEED_MAX = 2**32 - 1
 
 
-def _number(x: Any) -> bool:
+# a rule set: key -> (predicate, what is allowed); RULES below, and the checkpoint commands' (cli.py,
+# evaluate.py, predict.py, export.py), all built of the predicates here
+Rules = dict[str, tuple[Callable[[Any], bool], str]]
+
+
+def number(x: Any) -> bool:
+    """A finite int or float (not a bool)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _integer(x: Any) -> bool:
+def integer(x: Any) -> bool:
+    """An int (not a bool)."""
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def boolean(x: Any) -> bool:
+    return isinstance(x, bool)
+
+
 def positive(x: Any) -> bool:
-    return _number(x) and x > 0
+    return number(x) and x > 0
 
 
 def non_negative(x: Any) -> bool:
-    return _number(x) and x >= 0
+    return number(x) and x >= 0
 
 
 def positive_int(x: Any) -> bool:
-    return _integer(x) and x > 0
+    return integer(x) and x > 0
+
+
+def optional_positive_int(x: Any) -> bool:
+    return x is None or positive_int(x)
 
 
 def fraction(x: Any) -> bool:
-    return _number(x) and 0 <= x <= 1
+    return number(x) and 0 <= x <= 1
+
+
+def path_like(x: Any) -> bool:
+    """A non-empty string: a file or folder path."""
+    return isinstance(x, str) and x != ""
+
+
+def optional_path(x: Any) -> bool:
+    return x is None or path_like(x)
+
+
+def int_list(lo: int, hi: int) -> Callable[[Any], bool]:
+    """A non-empty list of integers in lo..hi."""
+    return lambda x: isinstance(x, list) and bool(x) and all(integer(v) and lo <= v <= hi for v in x)
 
 
 def batch_limit(x: Any) -> bool:
     """Lightning's limit_*_batches: a fraction of batches (0..1] or a whole count."""
-    return x is None or (_integer(x) and x >= 0) or (isinstance(x, float) and 0 < x <= 1)
+    return x is None or (integer(x) and x >= 0) or (isinstance(x, float) and 0 < x <= 1)
 
 
 # key -> (predicate, what is allowed); keys absent from the composed config are skipped
-RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (lambda x: _integer(x) and 0 <= x <= SEED_MAX, f"an integer in 0..{SEED_MAX} (numpy's range)"),
-    "threads": (lambda x: x is None or positive_int(x), "null or an integer >= 1"),
+RULES: Rules = {
+    "seed": (lambda x: integer(x) and 0 <= x <= SEED_MAX, f"an integer in 0..{SEED_MAX} (numpy's range)"),
+    "threads": (optional_positive_int, "null or an integer >= 1"),
     "optim.lr": (positive, "a number > 0"),
     "optim.weight_decay": (non_negative, "a number >= 0"),
-    "optim.momentum": (lambda x: _number(x) and 0 <= x < 1, "a number in [0, 1)"),
-    "optim.nesterov": (lambda x: isinstance(x, bool), "true or false"),
+    "optim.momentum": (lambda x: number(x) and 0 <= x < 1, "a number in [0, 1)"),
+    "optim.nesterov": (boolean, "true or false"),
     "data.batch_size": (positive_int, "an integer >= 1"),
     "data.eval_batch_size": (positive_int, "an integer >= 1"),
-    "data.val_size": (lambda x: _integer(x) and 1 <= x <= 59_999, "an integer in 1..59999"),
-    "data.root": (lambda x: isinstance(x, str) and x != "", "a folder path"),
-    "data.augment.enabled": (lambda x: isinstance(x, bool), "true or false"),
-    "data.augment.degrees": (lambda x: _number(x) and 0 <= x <= 180, "a number of degrees in 0..180"),
-    "data.augment.translate": (lambda x: _number(x) and 0 <= x <= 0.5, "a fraction of the side in 0..0.5"),
+    "data.val_size": (lambda x: integer(x) and 1 <= x <= 59_999, "an integer in 1..59999"),
+    "data.root": (path_like, "a folder path"),
+    "data.augment.enabled": (boolean, "true or false"),
+    "data.augment.degrees": (lambda x: number(x) and 0 <= x <= 180, "a number of degrees in 0..180"),
+    "data.augment.translate": (lambda x: number(x) and 0 <= x <= 0.5, "a fraction of the side in 0..0.5"),
     "data.augment.scale": (
-        lambda x: len(x) == 2 and all(_number(v) and v > 0 for v in x) and x[0] <= x[1],
+        lambda x: len(x) == 2 and all(number(v) and v > 0 for v in x) and x[0] <= x[1],
         "[low, high] with 0 < low <= high",
     ),
     "model.activation": (lambda x: x in ("relu", "leakyrelu"), "relu or leakyrelu"),
-    "model.dropout": (lambda x: _number(x) and 0 <= x < 1, "a number in [0, 1)"),
+    "model.dropout": (lambda x: number(x) and 0 <= x < 1, "a number in [0, 1)"),
     "sched.scheduler.step_size": (positive_int, "an integer >= 1"),
     "sched.scheduler.gamma": (positive, "a number > 0"),
     "sched.scheduler.warmup_epochs": (non_negative, "a number >= 0"),
-    "sched.scheduler.start_factor": (lambda x: _number(x) and 0 < x <= 1, "a number in (0, 1]"),
+    "sched.scheduler.start_factor": (lambda x: number(x) and 0 < x <= 1, "a number in (0, 1]"),
     "sched.scheduler.floor": (fraction, "a number in [0, 1]"),
-    "sched.scheduler.pct_start": (lambda x: _number(x) and 0 < x < 1, "a number in (0, 1)"),
+    "sched.scheduler.pct_start": (lambda x: number(x) and 0 < x < 1, "a number in (0, 1)"),
     "sched.interval": (lambda x: x in ("step", "epoch"), "step or epoch"),
     "trainer.max_epochs": (positive_int, "an integer >= 1"),
     # counts the package or Lightning divides by
     "trainer.log_every_n_steps": (positive_int, "an integer >= 1"),
     "trainer.accumulate_grad_batches": (positive_int, "an integer >= 1"),
-    "trainer.check_val_every_n_epoch": (lambda x: x is None or positive_int(x), "null or an integer >= 1"),
+    "trainer.check_val_every_n_epoch": (optional_positive_int, "null or an integer >= 1"),
     "trainer.accelerator": (lambda x: x in ACCELERATORS, " or ".join(ACCELERATORS)),
     "trainer.devices": (lambda x: positive_int(x) or x == "auto", "an integer >= 1 or auto"),
     "trainer.precision": (lambda x: str(x) in PRECISIONS, ", ".join(PRECISIONS)),
@@ -95,23 +124,23 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.limit_val_batches": (batch_limit, "null, a fraction in (0, 1] or a batch count"),
     "trainer.limit_test_batches": (batch_limit, "null, a fraction in (0, 1] or a batch count"),
     "trainer.gradient_clip_val": (lambda x: x is None or positive(x), "null or a number > 0"),
-    "trainer.deterministic": (lambda x: isinstance(x, bool) or x == "warn", "true, false or warn"),
+    "trainer.deterministic": (lambda x: boolean(x) or x == "warn", "true, false or warn"),
     "trainer.fast_dev_run": (
-        lambda x: isinstance(x, bool) or positive_int(x),
+        lambda x: boolean(x) or positive_int(x),
         "true, false or a batch count",
     ),
-    "inspect.enabled": (lambda x: isinstance(x, bool), "true or false"),
+    "inspect.enabled": (boolean, "true or false"),
     "inspect.every_n_epochs": (positive_int, "an integer >= 1"),
-    "inspect.feature_digits": (lambda x: _integer(x) and 1 <= x <= 10, "an integer in 1..10"),
+    "inspect.feature_digits": (lambda x: integer(x) and 1 <= x <= 10, "an integer in 1..10"),
     "inspect.max_channels": (positive_int, "an integer >= 1"),
-    "inspect.max_misclassified": (lambda x: _integer(x) and x >= 0, "an integer >= 0"),
-    "inspect.pr_curves": (lambda x: isinstance(x, bool), "true or false"),
-    "early_stopping.enabled": (lambda x: isinstance(x, bool), "true or false"),
-    "early_stopping.patience": (lambda x: _integer(x) and x >= 0, "an integer >= 0"),
-    "early_stopping.stopping_threshold": (lambda x: x is None or _number(x), "null or a number"),
+    "inspect.max_misclassified": (lambda x: integer(x) and x >= 0, "an integer >= 0"),
+    "inspect.pr_curves": (boolean, "true or false"),
+    "early_stopping.enabled": (boolean, "true or false"),
+    "early_stopping.patience": (lambda x: integer(x) and x >= 0, "an integer >= 0"),
+    "early_stopping.stopping_threshold": (lambda x: x is None or number(x), "null or a number"),
     "progress_every": (positive_int, "an integer >= 1"),
-    "compile": (lambda x: isinstance(x, bool), "true or false"),
-    "channels_last": (lambda x: isinstance(x, bool), "true or false"),
+    "compile": (boolean, "true or false"),
+    "channels_last": (boolean, "true or false"),
     "steps_per_call": (lambda x: x == "auto" or positive_int(x), "auto or an integer >= 1"),
 }
 
@@ -156,7 +185,7 @@ def resolve_steps_per_call(cfg: DictConfig) -> int:
     return AUTO_STEPS_PER_CALL if value == "auto" else int(value)
 
 
-def check_rules(cfg: DictConfig, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
+def check_rules(cfg: DictConfig, rules: Rules) -> None:
     """Raise UserError on the first missing required value or value out of its allowed range."""
     for key, (allowed, what) in rules.items():
         try:

@@ -7,15 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, RichModelSummary, RichProgressBar
+from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
 from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
+
+from mnist_lit.steps_per_call import epoch_batches
 
 
 class BatchProgressBar(RichProgressBar):
     """Lightning's rich progress bar, counting batches and fitting an 80-column terminal.
 
-    With ``group`` batches per training step (``steps_per_call``) the bar still counts batches
-    (860 in a default epoch), so its rate and time left are those of batches. It is redrawn every
+    It counts batches (860 in a default epoch, whatever ``steps_per_call`` is), so its rate and
+    time left are those of batches. It is redrawn every
     ``refresh_rate`` batches (each redraw reads the shown metrics back from their tensors, which
     for a network as small as MNIST's costs a noticeable share of a step), and shows only the
     training loss and the validation accuracy: every metric stays in TensorBoard and the log.
@@ -23,20 +25,15 @@ class BatchProgressBar(RichProgressBar):
 
     SHOWN = {"train/loss_step": "loss", "val/acc": "val/acc"}
 
-    def __init__(self, refresh_rate: int = 20, group: int = 1) -> None:
+    def __init__(self, refresh_rate: int = 20) -> None:
         super().__init__()
         self.every = max(1, refresh_rate)
-        self.group = max(1, group)
         self.drawn = 0
         self.total: int | float = 0  # batches in this epoch, known once it starts
 
     @property
     def total_train_batches(self) -> int | float:
-        items = super().total_train_batches
-        if self.group == 1 or items == float("inf"):
-            return items
-        sampler = getattr(self.trainer.train_dataloader, "batches", None)
-        return int(getattr(sampler, "num_batches", items * self.group))
+        return epoch_batches(self.trainer)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
@@ -47,8 +44,8 @@ class BatchProgressBar(RichProgressBar):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self.total = self.total or self.total_train_batches  # (an epoch resumed midway may not start)
-        done = min((batch_idx + 1) * self.group, self.total)
-        if done - self.drawn < self.every and batch_idx + 1 < trainer.num_training_batches:
+        done = min(batch_idx + 1, self.total)
+        if done - self.drawn < self.every and done < self.total:
             return
         self.drawn = done
         if self.train_progress_bar_id is None:  # resumed mid-epoch
@@ -74,11 +71,6 @@ class BatchProgressBar(RichProgressBar):
             TimeRemainingColumn(compact=True, elapsed_when_finished=True),
             speed,
         ]
-
-
-def progress_bar(refresh_rate: int, group: int = 1) -> Callback:
-    """The run's progress bar: redrawn every ``refresh_rate`` batches, counting batches."""
-    return BatchProgressBar(refresh_rate=refresh_rate, group=group)
 
 
 class ModelTable(RichModelSummary):

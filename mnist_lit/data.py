@@ -8,27 +8,34 @@ randomly rotated, scaled and shifted as a batch: mnist_lit/augment.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 from mnist_lit import integrity, loopstate
 from mnist_lit.errors import UserError
 from mnist_lit.images import MEAN, STD, normalize
-from mnist_lit.sampling import ResumableLoader
+from mnist_lit.sampling import EpochBatchSampler, ResumableLoader
 
 # the four files torchvision's MNIST(root) reads from root/MNIST/raw/
 RAW_FILES = tuple(f.name for f in integrity.RAW_FILES)
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded, disjoint (train, val) index split: the same seed always gives the same split."""
-    if not 0 < val_size < n:
-        raise UserError(f"data.val_size={val_size} is not allowed: use 1..{n - 1}")
+    """Seeded, disjoint (train, val) index split: the same seed always gives the same split.
+
+    ``val_size`` in 1..n-1 is checked with the config (mnist_lit/config.py, before torch loads)."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
@@ -101,8 +108,7 @@ class MNISTDataModule(L.LightningDataModule):
         download: bool = True,
         drop_last: bool = False,
         augment: Mapping[str, Any] | None = None,
-        steps_per_call: int = 1,
-        max_train_batches: int | float | None = None,
+        group_batches: Callable[[EpochBatchSampler], Sampler] | None = None,
     ) -> None:
         super().__init__()
         self.root = root
@@ -115,10 +121,9 @@ class MNISTDataModule(L.LightningDataModule):
         self.download = download
         self.drop_last = drop_last
         self.augment = dict(augment or {})
-        # training items of steps_per_call batches each, for a Classifier that steps through them
-        # itself (mnist_lit/module.py); max_train_batches then limits an epoch in batches
-        self.steps_per_call = steps_per_call
-        self.max_train_batches = max_train_batches
+        # several batches per training step: a wrapper of the training batch sampler
+        # (mnist_lit/steps_per_call.py)
+        self.group_batches = group_batches
         self.train_idx: torch.Tensor | None = None
         self.val_idx: torch.Tensor | None = None
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -157,12 +162,11 @@ class MNISTDataModule(L.LightningDataModule):
             self.drop_last,
             torch.initial_seed(),
             done=self.batches_trained,
-            group=self.steps_per_call,
-            max_batches=self.max_train_batches,
+            group=self.group_batches,
         )
 
     def batches_trained(self) -> int:
-        """Training items of the current epoch already completed (after a resume: restored)."""
+        """Training steps of the current epoch already completed (after a resume: restored)."""
         trainer = getattr(self, "trainer", None)
         return loopstate.batches_done(trainer) if trainer is not None else 0
 

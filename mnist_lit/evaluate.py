@@ -9,26 +9,17 @@ confusion_matrix.png and robustness.png.
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig
 
-from mnist_lit.cli import (
-    COMMON,
-    check,
-    int_list,
-    model_override,
-    optional_positive_int,
-    run_command,
-    torch_device,
-    user_errors,
-)
-from mnist_lit.config import _integer
-from mnist_lit.record import write_json
+from mnist_lit.cli import COMMON, model_override, run_command, torch_device, user_errors
+from mnist_lit.config import boolean, check_rules, int_list, integer, optional_path, optional_positive_int
+from mnist_lit.record import read_metrics, write_json
 
 if TYPE_CHECKING:
     import torch
@@ -40,10 +31,10 @@ log = logging.getLogger(__name__)
 RULES = {
     **COMMON,
     "limit": (optional_positive_int, "null or an integer >= 1 (test images)"),
-    "skip": (lambda x: _integer(x) and 0 <= x < 10_000, "an integer in 0..9999 (test images)"),
+    "skip": (lambda x: integer(x) and 0 <= x < 10_000, "an integer in 0..9999 (test images)"),
     "batch_size": (optional_positive_int, "null or an integer >= 1"),
-    "out": (lambda x: x is None or (isinstance(x, str) and x != ""), "null or a folder path"),
-    "robustness.enabled": (lambda x: isinstance(x, bool), "true or false"),
+    "out": (optional_path, "null or a folder path"),
+    "robustness.enabled": (boolean, "true or false"),
     "robustness.shifts": (int_list(1, 27), "a list of pixel counts in 1..27, e.g. [1,2,3,4]"),
     "robustness.angles": (int_list(1, 180), "a list of degrees in 1..180, e.g. [5,10,15]"),
 }
@@ -79,24 +70,18 @@ class Evaluator:
         self.batch_size = batch_size
         model.backbone.to(device)
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        with torch.inference_mode():
-            return torch.cat(
-                [
-                    self.model.backbone(self.model.normalize(chunk.to(self.device))).float().cpu()
-                    for chunk in images.split(self.batch_size)
-                ]
-            )
+    def batches(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(logits, labels) of each batch of ``batch_size`` images."""
+        logits = self.model.logits(images, self.device, self.batch_size)
+        return zip(logits.split(self.batch_size), labels.split(self.batch_size), strict=True)
 
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         from torchmetrics.classification import MulticlassAccuracy
 
         acc = MulticlassAccuracy(10, average="micro")
-        for logits, y in zip(
-            self.logits(images).split(self.batch_size), labels.split(self.batch_size), strict=True
-        ):
+        for logits, y in self.batches(images, labels):
             acc.update(logits, y)
         return float(acc.compute())
 
@@ -108,9 +93,7 @@ class Evaluator:
 
         acc, per_class = MulticlassAccuracy(10, average="micro"), MulticlassAccuracy(10, average="none")
         loss, confusion = MeanMetric(), MulticlassConfusionMatrix(10)
-        for logits, y in zip(
-            self.logits(images).split(self.batch_size), labels.split(self.batch_size), strict=True
-        ):
+        for logits, y in self.batches(images, labels):
             acc.update(logits, y)
             per_class.update(logits, y)
             confusion.update(logits, y)
@@ -210,18 +193,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from mnist_lit import render
     from mnist_lit.checkpoint import load_for_inference
-    from mnist_lit.data import load_mnist
 
     device = torch_device(cfg.device, cfg.threads)
     model = load_for_inference(cfg.ckpt, model_override(cfg))
-    run_data = model.config.get("data", {})
-    root = cfg.data.root or run_data.get("root") or "data"
-    images, labels = load_mnist(root, train=False, download=bool(run_data.get("download", False)))
+    images, labels = model.test_set(cfg.data.root)
     skip = int(cfg.get("skip") or 0)
     images, labels = images[skip:], labels[skip:]
     if cfg.limit:
         images, labels = images[: cfg.limit], labels[: cfg.limit]
-    evaluator = Evaluator(model, device, cfg.batch_size or int(run_data.get("eval_batch_size", 1000)))
+    run_batch = model.config.get("data", {}).get("eval_batch_size", 1000)
+    evaluator = Evaluator(model, device, cfg.batch_size or int(run_batch))
     result: dict[str, Any] = {
         "checkpoint": str(model.path),
         "architecture": model.architecture,
@@ -248,8 +229,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def run_test_acc(run_dir: Path) -> float | None:
     """The test/acc the training run itself recorded, if its metrics.json is there."""
     try:
-        return float(json.loads((run_dir / "metrics.json").read_text())["test/acc"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(read_metrics(run_dir)["test/acc"])
+    except (ValueError, KeyError, TypeError):
         return None
 
 
@@ -268,7 +249,7 @@ def run_test_images(config: dict[str, Any], total: int = 10_000) -> int:
 def main(cfg: DictConfig) -> None:
     """Check the arguments, evaluate, print the tables and where the files went."""
     with user_errors():
-        check(cfg, RULES)
+        check_rules(cfg, RULES)
         result = evaluate(cfg)
         print_tables(result)
         print(f"\nwrote {Path(result['out']) / 'evaluation.json'} and the PNGs beside it")

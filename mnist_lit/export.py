@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig
 
-from mnist_lit.cli import COMMON, check, model_override, run_command, torch_device, user_errors
-from mnist_lit.config import _number, positive_int
+from mnist_lit.cli import COMMON, model_override, run_command, torch_device, user_errors
+from mnist_lit.config import boolean, check_rules, optional_path, positive, positive_int
 from mnist_lit.errors import UserError
 
 if TYPE_CHECKING:
@@ -33,11 +33,11 @@ EXTRA = "pip install 'mnist-lit[export]'  (from a checkout: pip install '.[expor
 RULES = {
     **COMMON,
     "format": (lambda x: x in FORMATS, " or ".join(FORMATS)),
-    "out": (lambda x: x is None or (isinstance(x, str) and x != ""), "null, a folder, or a .onnx file path"),
+    "out": (optional_path, "null, a folder, or a .onnx file path"),
     "opset": (lambda x: x is None or (positive_int(x) and 7 <= x <= 30), "null or an ONNX opset in 7..30"),
-    "verify.enabled": (lambda x: isinstance(x, bool), "true or false"),
+    "verify.enabled": (boolean, "true or false"),
     "verify.images": (lambda x: positive_int(x) and x <= 10_000, "an integer in 1..10000 (test images)"),
-    "verify.atol": (lambda x: _number(x) and x > 0, "a number > 0"),
+    "verify.atol": (positive, "a number > 0"),
 }
 
 
@@ -113,8 +113,7 @@ def verify(model: LoadedModel, path: Path, images: torch.Tensor, atol: float) ->
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = model.normalize(images)
-    with torch.inference_mode():
-        reference = model.backbone(x).float()
+    reference = model.logits(images, torch.device("cpu"), batch_size=len(images))  # all in one batch
     whole = torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])
     single = torch.from_numpy(session.run(["logits"], {"image": x[:1].numpy()})[0])
     diff = max(float((whole - reference).abs().max()), float((single - reference[:1]).abs().max()))
@@ -133,7 +132,6 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     """Export the checkpoint's model and, unless verify.enabled=false, check it on test images."""
     require_extra()
     from mnist_lit.checkpoint import load_for_inference
-    from mnist_lit.data import load_mnist
 
     torch_device("cpu", cfg.threads)
     model = load_for_inference(cfg.ckpt, model_override(cfg))
@@ -145,9 +143,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "bytes": path.stat().st_size,
     }
     if cfg.verify.enabled:
-        run_data = model.config.get("data", {})
-        root = cfg.data.root or run_data.get("root") or "data"
-        images, _ = load_mnist(root, train=False, download=bool(run_data.get("download", False)))
+        images, _ = model.test_set(cfg.data.root)
         result["verify"] = verify(model, path, images[: cfg.verify.images], float(cfg.verify.atol))
     return result
 
@@ -156,7 +152,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     """Check the arguments, export, verify, and say where the file is."""
     with user_errors():
-        check(cfg, RULES)
+        check_rules(cfg, RULES)
         result = export(cfg)
         print(f"wrote {result['file']} ({result['bytes'] / 1e6:.2f} MB, {result['architecture']})")
         if "verify" in result:

@@ -28,11 +28,16 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lit import loopstate
 from mnist_lit.errors import UserError
-from mnist_lit.rundir import newest, training_started
+from mnist_lit.rundir import (
+    CHECKPOINTS,
+    INTERRUPTED_CKPT,
+    LAST_CKPT,
+    RESUMABLE,
+    resume_checkpoint,
+    training_started,
+)
 
 log = logging.getLogger("mnist_lit")
-
-INTERRUPTED_CKPT = "interrupted"
 
 
 class Diverged(UserError):
@@ -172,7 +177,7 @@ def check_finite(
         if clip
         else "gradient clipping (trainer.gradient_clip_val=1.0)"
     )
-    folder = Path(trainer.default_root_dir) / "checkpoints"
+    folder = Path(trainer.default_root_dir) / CHECKPOINTS
     raise Diverged(
         f"training loss became {value} at step {trainer.global_step + 1} (epoch {epoch}, batch {batch}); "
         f"the run stopped before applying that step. Lower the learning rate (optim.lr, now {lr:g}) "
@@ -188,18 +193,15 @@ def checkpoint_bytes(model: torch.nn.Module, optimizer_slots: int = 2) -> int:
 
 def guard_callbacks(out_dir: Path, stop: GracefulStop) -> list[Callback]:
     """The callbacks behind interruption, exact resume and divergence handling, for one run."""
-    return [stop, InterruptCheckpoint(out_dir / "checkpoints", INTERRUPTED_CKPT), RngState(), FiniteLoss()]
+    interrupted = InterruptCheckpoint(out_dir / CHECKPOINTS, Path(INTERRUPTED_CKPT).stem)  # it adds .ckpt
+    return [stop, interrupted, RngState(), FiniteLoss()]
 
 
 def stopped_run(trainer: L.Trainer, stop: GracefulStop, err: BaseException, out_dir: Path) -> dict[str, Any]:
     """What metrics.json says about a run that was interrupted or diverged, and the log line."""
-    folder = out_dir / "checkpoints"
-    resume = newest([folder / f"{INTERRUPTED_CKPT}.ckpt", folder / "last.ckpt"])
-    if isinstance(err, Diverged):
-        status = "diverged"
-        resume = folder / "last.ckpt" if (folder / "last.ckpt").is_file() else None
-    else:
-        status = "interrupted"
+    status = "diverged" if isinstance(err, Diverged) else "interrupted"
+    # a diverged run names its epoch-end last.ckpt only
+    resume = resume_checkpoint(out_dir, (LAST_CKPT,) if status == "diverged" else RESUMABLE)
     metrics: dict[str, Any] = {
         "status": status,
         "reason": str(err)

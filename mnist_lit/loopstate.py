@@ -1,8 +1,9 @@
 """Every read or write of Lightning's loop state in the package, in one place.
 
 Two features need it: several optimizer steps per Lightning training step (``steps_per_call``,
-mnist_lit/module.py) and the exact mid-epoch resume (the data module restarts an epoch after the
-batches already trained, mnist_lit/sampling.py). Lightning keeps this state in private
+mnist_lit/steps_per_call.py) and the exact mid-epoch resume (the data module restarts an epoch
+after the batches already trained, mnist_lit/sampling.py). Both also count batches as Lightning's
+``limit_*_batches`` does, with Lightning's own (private) rule. Lightning keeps this state in private
 attributes and in the ``loops`` entry of its checkpoints, whose layout may change between
 versions; each access here checks that the structure is the one the tests cover and otherwise
 stops with an error naming the Lightning version, never silently doing nothing.
@@ -67,6 +68,19 @@ def add_logger_steps(trainer: Any, steps: int) -> None:
     if not isinstance(getattr(epoch_loop, "_batches_that_stepped", None), int):
         raise LoopStateChanged("Trainer.fit_loop.epoch_loop._batches_that_stepped")
     epoch_loop._batches_that_stepped += steps
+
+
+def limited_batches(length: int, limit: int | float | None, stage: str = "train") -> int:
+    """How many of ``length`` batches Lightning keeps for ``trainer.limit_{stage}_batches=limit``
+    (a float: that fraction, rounded down; Lightning refuses a fraction that keeps none)."""
+    if limit is None:
+        return length
+    try:
+        from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batches
+        from lightning.pytorch.trainer.states import RunningStage
+    except ImportError as err:
+        raise LoopStateChanged("data_connector._parse_num_batches (the limit_*_batches rule)") from err
+    return int(_parse_num_batches(RunningStage(stage), length, limit))
 
 
 def carry_over(checkpoint: dict[str, Any], saved: int, now: int) -> None:

@@ -12,10 +12,8 @@ from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnist_lit import loopstate
 from mnist_lit.building import build
 from mnist_lit.errors import UserError
-from mnist_lit.guards import check_finite
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -75,13 +73,6 @@ class Classifier(L.LightningModule):
 
     ``optimizer`` and ``scheduler`` are partials (Hydra ``_partial_: true``); a scheduler with
     ``interval="step"`` also receives ``total_steps`` and ``steps_per_epoch`` from the Trainer.
-
-    ``steps_per_call`` > 1 takes that many batches of ``batch_size`` per ``training_step`` (the
-    data module serves them as one item) and makes one optimizer step per batch itself: the same
-    steps, in the same order, with the same global step, schedules, clipping
-    (``gradient_clip_val``), step-level TensorBoard scalars and NaN check as one batch per call,
-    but Lightning's per-batch machinery (hooks, closures, loop bookkeeping; a fifth of a tiny
-    network's step on a CPU) runs once per item. Single process, float32 or bf16 only.
     """
 
     def __init__(
@@ -94,10 +85,6 @@ class Classifier(L.LightningModule):
         config: dict[str, Any] | None = None,
         channels_last: bool = False,
         compile: bool = False,
-        steps_per_call: int = 1,
-        batch_size: int | None = None,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str = "norm",
     ) -> None:
         super().__init__()
         # the composed run config travels in every checkpoint, so the model can be rebuilt
@@ -110,14 +97,6 @@ class Classifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.interval = interval
-        self.steps_per_call = steps_per_call
-        if steps_per_call > 1:
-            if not batch_size:
-                raise ValueError("steps_per_call > 1 needs the batch_size to split each item at")
-            self.automatic_optimization = False
-        self.batch_size = batch_size
-        self.gradient_clip_val = gradient_clip_val
-        self.gradient_clip_algorithm = gradient_clip_algorithm
         self.train_totals = TrainTotals()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -134,8 +113,6 @@ class Classifier(L.LightningModule):
         return self.backbone(x)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if not self.automatic_optimization:
-            return self.training_steps(batch, batch_idx)
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
@@ -147,55 +124,7 @@ class Classifier(L.LightningModule):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def training_steps(self, item: tuple[torch.Tensor, torch.Tensor], item_idx: int) -> torch.Tensor:
-        """One optimizer step per ``batch_size`` slice of the item; the losses, detached."""
-        trainer = self.trainer
-        optimizer = self.optimizers().optimizer  # the torch optimizer: no Lightning hooks per step
-        count_step = loopstate.optimizer_step_counter(trainer)
-        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == "step"]
-        every = trainer.log_every_n_steps
-        images, labels = item
-        batches = zip(images.split(self.batch_size), labels.split(self.batch_size), strict=True)
-        first = trainer.global_step
-        losses = []
-        for i, (x, y) in enumerate(batches):
-            logits = self(x)
-            loss = F.cross_entropy(logits, y)
-            check_finite(trainer, loss, self.gradient_clip_val, batch=item_idx * self.steps_per_call + i)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.gradient_clip_val:
-                self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
-            step = first + i
-            if (step + 1) % every == 0:  # the scalars one batch per call writes at this step
-                self.log_step(step, loss, optimizer)
-            optimizer.step()
-            count_step()  # trainer.global_step counts this step
-            for scheduler in schedulers:
-                scheduler.step()
-            loss = loss.detach()
-            self.train_totals.append(loss, logits.detach(), y)
-            losses.append(loss)
-        # Lightning adds one after this call; its logger steps then equal optimizer steps
-        loopstate.add_logger_steps(trainer, len(losses) - 1)
-        return torch.stack(losses)
-
-    def log_step(self, step: int, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """train/loss_step and the learning rate, tagged as Lightning and its LearningRateMonitor tag them."""
-        loss = loss.detach()
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
-        if self.logger is None:
-            return
-        configs = self.trainer.lr_scheduler_configs
-        lr_tag = configs[0].name if configs and configs[0].name else f"lr-{type(optimizer).__name__}"
-        metrics = {"train/loss_step": float(loss), lr_tag: optimizer.param_groups[0]["lr"]}
-        self.logger.log_metrics({**metrics, "epoch": float(self.current_epoch)}, step=step)
-
     def on_train_epoch_end(self) -> None:
-        if not self.automatic_optimization:  # Lightning steps no schedule under manual optimization
-            for config in self.trainer.lr_scheduler_configs:
-                if config.interval == "epoch":
-                    config.scheduler.step()
         self.train_totals.fold()
         loss_sum, correct, seen = self.train_totals.compute()  # summed over DDP processes
         # the same value on every DDP process already; sync_dist says so to Lightning (a mean of equals)
@@ -254,17 +183,8 @@ class Classifier(L.LightningModule):
         }
 
     def optimizer_steps(self) -> int:
-        """The run's optimizer steps: Lightning's estimate counts items, which may hold several batches."""
-        trainer = self.trainer
-        estimate = int(trainer.estimated_stepping_batches)  # also sets up the training data
-        if self.steps_per_call == 1:
-            return estimate
-        sampler = getattr(trainer.train_dataloader, "batches", None)
-        if not hasattr(sampler, "num_batches") or not trainer.max_epochs or trainer.max_epochs < 0:
-            raise UserError("steps_per_call > 1 needs mnist_lit's training data and a trainer.max_epochs")
-        items = int(trainer.num_training_batches)
-        per_epoch = sampler.num_batches if items >= len(sampler) else items * self.steps_per_call
-        return per_epoch * trainer.max_epochs
+        """The run's optimizer steps, for a per-step schedule (also sets up the training data)."""
+        return int(self.trainer.estimated_stepping_batches)
 
     def check_schedule_length(self, total: int) -> None:
         """A per-step schedule restored from a checkpoint only fits a run of the same length."""
@@ -279,9 +199,6 @@ class Classifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["schedule_steps"] = getattr(self, "schedule_steps", None)
-        checkpoint["steps_per_call"] = self.steps_per_call
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.saved_schedule_steps = checkpoint.get("schedule_steps")
-        if "loops" in checkpoint:  # a training checkpoint, before Lightning restores its loops
-            loopstate.carry_over(checkpoint, checkpoint.get("steps_per_call", 1), self.steps_per_call)

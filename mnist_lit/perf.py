@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from mnist_lit.rundir import to_run_log
+from mnist_lit.steps_per_call import epoch_batches
 from mnist_lit.threads import EVERY_S, CoreMeter, available_cores, fair_share
 
 log = logging.getLogger("mnist_lit")
@@ -29,9 +30,6 @@ def _sync(device: torch.device) -> None:
 class EpochTimer(Callback):
     """Per training epoch: images and seconds over its batches after the first ``skip`` (warm-up).
 
-    With ``group`` batches per training step (``steps_per_call``) the warm-up is the fewest whole
-    steps that cover ``skip`` batches.
-
     Only training batches count: validation and checkpointing run after the last batch. The GPU
     is synchronised twice per epoch, never per step. ``cpu_seconds`` (the process's CPU time over
     the same span) gives a throughput that other programs sharing the cores disturb far less.
@@ -39,8 +37,8 @@ class EpochTimer(Callback):
     began, for start-up measurements.
     """
 
-    def __init__(self, skip: int = 20, group: int = 1) -> None:
-        self.skip = -(-skip // max(1, group))
+    def __init__(self, skip: int = 20) -> None:
+        self.skip = skip
         self.epochs: list[dict[str, float]] = []
         self.first_step_at: float | None = None
         self._t0: float | None = None
@@ -51,7 +49,7 @@ class EpochTimer(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = None
         self._images = 0
-        self._last = int(trainer.num_training_batches) - 1
+        self._last = int(epoch_batches(trainer)) - 1
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from mnist_lit.cli import COMMON, check, model_override, run_command, torch_device, user_errors
+from mnist_lit.cli import COMMON, model_override, run_command, torch_device, user_errors
+from mnist_lit.config import check_rules
 from mnist_lit.errors import UserError
 
 if TYPE_CHECKING:
@@ -182,13 +183,7 @@ def predict(cfg: DictConfig) -> list[Prediction | tuple[Path, str]]:
     if not read:
         return results
     digits = torch.stack([d for _, _, d in read])
-    with torch.inference_mode():
-        probs = torch.cat(
-            [
-                model.backbone(model.normalize(chunk.to(device))).float().softmax(1).cpu()
-                for chunk in digits.split(512)
-            ]
-        )
+    probs = model.logits(digits, device, batch_size=512).softmax(1)
     conf, pred = probs.max(dim=1)
     predictions = []
     for (i, path, _), p, c in zip(read, pred.tolist(), conf.tolist(), strict=True):
@@ -209,7 +204,7 @@ def predict(cfg: DictConfig) -> list[Prediction | tuple[Path, str]]:
 def main(cfg: DictConfig) -> None:
     """One line per file: its name, the predicted digit and its probability (exit 1 if any failed)."""
     with user_errors():
-        check(cfg, RULES)
+        check_rules(cfg, RULES)
         results = predict(cfg)
         width = max((len(r.name) for r in results if isinstance(r, Prediction)), default=0)
         failed = 0

@@ -26,8 +26,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from mnist_lit.errors import UserError, report
 from mnist_lit.record import read_metrics
 
+# the checkpoint files of a run, in its checkpoints/ folder: named here only
+CHECKPOINTS = "checkpoints"
+LAST_CKPT = "last.ckpt"  # Lightning's save_last, at the end of each epoch
+INTERRUPTED_CKPT = "interrupted.ckpt"  # a graceful stop's, mid-epoch (mnist_lit/guards.py)
 # newest first: a mid-epoch stop leaves interrupted.ckpt beside the epoch-end last.ckpt
-RESUMABLE = ("interrupted.ckpt", "last.ckpt")
+RESUMABLE = (INTERRUPTED_CKPT, LAST_CKPT)
 OUTPUTS = Path("outputs")
 MIN_FREE_BYTES = 16 << 20  # config, logs and TensorBoard events of a run, before any checkpoint
 CKPT_KEYS = ("ckpt_path", "+ckpt_path", "++ckpt_path")
@@ -66,7 +70,7 @@ class Snapshot:
     """
 
     KEEP_BYTES = (".yaml", ".json")
-    RUN_ENTRIES = (".hydra", "tb", "checkpoints", "evaluation", "lightning_logs", "*.json", "*.log")
+    RUN_ENTRIES = (".hydra", "tb", CHECKPOINTS, "evaluation", "lightning_logs", "*.json", "*.log")
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -156,10 +160,48 @@ def newest(files: list[Path]) -> Path | None:
     return max(existing, key=lambda f: f.stat().st_mtime_ns) if existing else None
 
 
+def resume_checkpoint(run: Path, names: tuple[str, ...] = RESUMABLE) -> Path | None:
+    """The checkpoint a resume of run folder ``run`` starts from: the newest of ``names`` in its
+    checkpoints/ (or in ``run`` itself, a folder of checkpoints); None if it holds none."""
+    return newest([run / CHECKPOINTS / name for name in names] + [run / name for name in names])
+
+
+def checkpoints_folder(run: Path) -> Path:
+    """Where a run folder keeps its checkpoints: its checkpoints/, else (a folder of them) itself."""
+    return run / CHECKPOINTS if (run / CHECKPOINTS).is_dir() else run
+
+
+def evaluation_checkpoint(run: Path) -> Path | None:
+    """The checkpoint of a run folder to evaluate: the run's best (metrics.json), else its last.ckpt,
+    else its newest .ckpt file; None if it holds none."""
+    folder = checkpoints_folder(run)
+    best = read_metrics(run).get("best_checkpoint")
+    # by name inside this folder, so a run folder that was moved still resolves
+    if best and (folder / Path(best).name).is_file():
+        return folder / Path(best).name
+    if (folder / LAST_CKPT).is_file():
+        return folder / LAST_CKPT
+    found = sorted(folder.glob("*.ckpt"), key=lambda f: f.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run folder a checkpoint belongs to: the folder above checkpoints/, else its own folder."""
+    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else ckpt.parent
+
+
+def recorded_run(ckpt: Path) -> Path | None:
+    """The run folder a checkpoint was written by, if it still holds that run's Hydra record."""
+    run = run_dir_of(ckpt)
+    if ckpt.parent.name == CHECKPOINTS and (run / ".hydra" / "overrides.yaml").is_file():
+        return run
+    return None
+
+
 def find_checkpoint(value: str, outputs: Path = OUTPUTS) -> Path:
     """The checkpoint a resume starts from: ``last``, a run directory, or a .ckpt file."""
     if value == "last":
-        found = newest([f for name in RESUMABLE for f in outputs.glob(f"**/checkpoints/{name}")])
+        found = newest([f for name in RESUMABLE for f in outputs.glob(f"**/{CHECKPOINTS}/{name}")])
         if found is None:
             raise UserError(
                 f"ckpt_path=last: no {' or '.join(RESUMABLE)} under {outputs.resolve()}; "
@@ -168,7 +210,7 @@ def find_checkpoint(value: str, outputs: Path = OUTPUTS) -> Path:
         return found.resolve()
     path = Path(value).expanduser()
     if path.is_dir():
-        found = newest([path / "checkpoints" / name for name in RESUMABLE] + [path / n for n in RESUMABLE])
+        found = resume_checkpoint(path)
         if found is None:
             raise UserError(f"ckpt_path={value!r}: no {' or '.join(RESUMABLE)} in that run directory")
         return found.resolve()
@@ -180,14 +222,6 @@ def find_checkpoint(value: str, outputs: Path = OUTPUTS) -> Path:
     return path.resolve()
 
 
-def run_dir_of(ckpt: Path) -> Path | None:
-    """The run directory a checkpoint was written by, if it still holds that run's Hydra record."""
-    run = ckpt.parent.parent
-    if ckpt.parent.name == "checkpoints" and (run / ".hydra" / "overrides.yaml").is_file():
-        return run
-    return None
-
-
 def check_not_complete(cfg: DictConfig) -> None:
     """A resume of a completed run that would train nothing is refused, with how to go on instead.
 
@@ -195,7 +229,7 @@ def check_not_complete(cfg: DictConfig) -> None:
     few seconds of that test.
     """
     ckpt = Path(str(cfg.get("ckpt_path") or ""))
-    run = run_dir_of(ckpt) if ckpt.name == "last.ckpt" else None
+    run = recorded_run(ckpt) if ckpt.name == LAST_CKPT else None
     record = read_metrics(run) if run is not None else {}
     done, wanted = record.get("epochs"), cfg.trainer.get("max_epochs")
     if record.get("status") != "completed" or not isinstance(done, int) or wanted is None or wanted > done:
@@ -238,7 +272,7 @@ def resume_argv(argv: list[str], outputs: Path = OUTPUTS) -> list[str]:
         return argv
     ckpt = find_checkpoint(value, outputs)
     args = [a for i, a in enumerate(argv) if i not in at] + [f"ckpt_path={quote(str(ckpt))}"]
-    run = run_dir_of(ckpt)
+    run = recorded_run(ckpt)
     if run is None:
         return args
     given = {override_key(a) for a in args if "=" in a or a.startswith("~")}
@@ -336,7 +370,7 @@ class RunDirectory(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _started.append(True)
         run = Path(str(config.hydra.run.dir))
-        resuming = config.get("ckpt_path") and run_dir_of(Path(str(config.ckpt_path))) == run
+        resuming = config.get("ckpt_path") and recorded_run(Path(str(config.ckpt_path))) == run
         # a DDP process Lightning started for rank > 0 joins rank 0's folder (its hydra.run.dir)
         joining = not rank_zero()
         _guarded.append(True)

@@ -31,42 +31,34 @@ class EpochBatchSampler(Sampler[torch.Tensor]):
 
     Each batch is a slice of the permutation tensor, not a list of ints: indexing the image tensor
     with it is one gather, without turning 64 Python ints back into a tensor every step.
-
-    With ``group`` > 1 each item is ``group`` consecutive batches in one slice (the last item of an
-    epoch may hold fewer): the same images in the same order as ``group`` = 1, cut into the same
-    batches by whoever splits it at ``batch_size``. ``done`` then counts items, not batches.
-    ``max_batches`` ends every epoch after that many batches (a float: that fraction of them, as
-    Lightning's ``limit_train_batches`` counts).
+    ``done`` returns the training steps Lightning has completed in the current epoch: iteration
+    starts after them.
     """
 
     def __init__(
-        self,
-        n: int,
-        batch_size: int,
-        drop_last: bool,
-        seed: int,
-        done: Callable[[], int] | None = None,
-        group: int = 1,
-        max_batches: int | float | None = None,
+        self, n: int, batch_size: int, drop_last: bool, seed: int, done: Callable[[], int] | None = None
     ) -> None:
         self.n = n
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.seed = seed
         self.done = done
-        self.group = max(1, group)
         self.epoch = 0
-        self.served = 0  # items of the current epoch handed out so far
-        batches = n // batch_size if drop_last else -(-n // batch_size)
-        if isinstance(max_batches, float):
-            max_batches = max(1, int(batches * max_batches)) if max_batches > 0 else 0
-        self.num_batches = batches if max_batches is None else min(batches, max(0, max_batches))
+        self.served = 0  # batches of the current epoch handed out so far
+        self.num_batches = n // batch_size if drop_last else -(-n // batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-self.num_batches // self.group)
+        return self.num_batches
+
+    def steps_done(self) -> int:
+        """Training steps of this epoch completed: Lightning's count, else the batches served."""
+        return self.done() if self.done is not None else self.served
+
+    def batches_done(self) -> int:
+        return self.steps_done()
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """Epoch ``epoch``'s order: the same for a given seed, whatever happened before."""
@@ -75,26 +67,26 @@ class EpochBatchSampler(Sampler[torch.Tensor]):
             torch.randperm(self.n, generator=g)
         return torch.randperm(self.n, generator=g)
 
+    def batches(self, first: int, stop: int) -> Iterator[torch.Tensor]:
+        """Batches ``first`` up to ``stop`` of this epoch's order."""
+        perm = self.permutation(self.epoch)
+        end = min(self.n, stop * self.batch_size)
+        for index in range(first, stop):
+            self.served = index + 1
+            yield perm[index * self.batch_size : min(end, (index + 1) * self.batch_size)]
+
     def __iter__(self) -> Iterator[torch.Tensor]:
         # the body runs at the first next(): after Lightning's set_epoch and its loop progress reset
-        perm = self.permutation(self.epoch)
-        index = self.done() if self.done is not None else 0
-        step = self.group * self.batch_size
-        end = min(self.n, self.num_batches * self.batch_size)
-        while index < len(self):
-            batch = perm[index * step : min(end, (index + 1) * step)]
-            index += 1
-            self.served = index
-            yield batch
+        yield from self.batches(self.steps_done(), self.num_batches)
 
 
 class ResumableLoader(DataLoader):
     """A DataLoader of whole shuffled batches that continues an epoch a resumed run stopped in.
 
-    ``done`` returns how many items (batches, or groups of batches) of the current epoch the
-    training loop has completed; its
-    ``state_dict`` (saved in every checkpoint) records the order's seed and the position, and
-    makes Lightning treat the loader as resumable mid-epoch.
+    ``done`` returns how many training steps of the current epoch the training loop has
+    completed; ``group``, if given, wraps the batch sampler (several batches per training step:
+    mnist_lit/steps_per_call.py). Its ``state_dict`` (saved in every checkpoint) records the
+    order's seed and the position, and makes Lightning treat the loader as resumable mid-epoch.
     """
 
     def __init__(
@@ -105,10 +97,10 @@ class ResumableLoader(DataLoader):
         drop_last: bool,
         seed: int,
         done: Callable[[], int] | None = None,
-        group: int = 1,
-        max_batches: int | float | None = None,
+        group: Callable[[EpochBatchSampler], Any] | None = None,
     ) -> None:
-        self.batches = EpochBatchSampler(len(labels), batch_size, drop_last, seed, done, group, max_batches)
+        batches = EpochBatchSampler(len(labels), batch_size, drop_last, seed, done)
+        self.batches = group(batches) if group is not None else batches
         # a private generator: creating an iterator draws a base seed from it, which from the global
         # RNG would shift dropout's random numbers between a resumed run and an uninterrupted one
         super().__init__(
@@ -119,10 +111,9 @@ class ResumableLoader(DataLoader):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        done = self.batches.done() if self.batches.done is not None else self.batches.served
         return {
             "epoch": self.batches.epoch,
-            "completed": done * self.batches.group,  # in batches
+            "completed": self.batches.batches_done(),
             "seed": self.batches.seed,
         }
 

@@ -21,11 +21,11 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lit import steps_per_call
 from mnist_lit.building import build, factory, reason
 from mnist_lit.callbacks import from_config as inspection
 from mnist_lit.checkpoint import check_resume
-from mnist_lit.config import resolve_steps_per_call
-from mnist_lit.console import ModelTable, progress_bar
+from mnist_lit.console import BatchProgressBar, ModelTable
 from mnist_lit.devices import check_gpu
 from mnist_lit.errors import UserError
 from mnist_lit.guards import (
@@ -53,7 +53,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     route_lightning_logs()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     check_gpu("trainer.accelerator", cfg.trainer.accelerator, cfg.trainer.devices, loaded=True)
-    steps_per_call = resolve_steps_per_call(cfg)
     quiet_cuda_probe(cfg)
     # threads=N, or the joblib launcher's share of the cores; else what other programs leave free
     threads = job_threads(cfg.threads)
@@ -61,17 +60,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True)
 
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    max_batches = None
-    if steps_per_call > 1:  # the model clips and counts batches itself; Lightning sees items
-        trainer_args["gradient_clip_val"] = None
-        max_batches = trainer_args.pop("limit_train_batches", None)  # counted in batches, not items
-        if trainer_args.get("fast_dev_run"):  # true: one batch, as with one batch per item
-            max_batches = int(trainer_args["fast_dev_run"])
-    datamodule = build(
-        "data", factory("data", cfg.data), steps_per_call=steps_per_call, max_train_batches=max_batches
-    )
-    model = build_model(cfg, steps_per_call)
+    # steps_per_call > 1: several batches per training step (mnist_lit/steps_per_call.py)
+    grouping = steps_per_call.plan(cfg, OmegaConf.to_container(cfg.trainer, resolve=True))
+    trainer_args = grouping.trainer_args
+    datamodule = build("data", factory("data", cfg.data), **grouping.data_args)
+    model = build_model(cfg, grouping.model_class, **grouping.model_args)
     ckpt_path = str(find_checkpoint(str(cfg.ckpt_path))) if cfg.ckpt_path else None
     check_room(out_dir, "output directory", 3 * checkpoint_bytes(model))  # now, not after an hour of training
     stop = GracefulStop()
@@ -84,11 +77,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         mode="max",
         save_last=True,
     )
-    timer = EpochTimer(group=steps_per_call)
-    bar = [progress_bar(cfg.progress_every, steps_per_call)] if cfg.trainer.enable_progress_bar else []
+    timer = EpochTimer()
+    bar = [BatchProgressBar(cfg.progress_every)] if cfg.trainer.enable_progress_bar else []
     summary = [ModelTable()] if trainer_args.pop("enable_model_summary", True) else []
-    # several batches per call: the model logs the learning rate at the steps the monitor would
-    lr_monitor = [LearningRateMonitor(logging_interval="step")] if steps_per_call == 1 else []
     trainer = build(
         "trainer",
         functools.partial(L.Trainer, **trainer_args, enable_model_summary=False),  # ModelTable is the summary
@@ -96,13 +87,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger=logger,
         callbacks=[
             checkpoint,
-            *lr_monitor,
+            LearningRateMonitor(logging_interval="step"),
             timer,
             *bar,
             *summary,
             *extra_callbacks(cfg),
             *([] if threads else [FairThreads()]),
             *guard_callbacks(out_dir, stop),
+            *grouping.callbacks,
         ],
     )
     log_hparams(logger, cfg)
@@ -131,7 +123,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         epochs=trainer.current_epoch,
         global_steps=trainer.global_step,
         torch_threads=torch.get_num_threads(),
-        steps_per_call=steps_per_call,
+        steps_per_call=grouping.steps,
         timing=timer.summary(),
         best_checkpoint=best,
         params=sum(p.numel() for p in model.parameters()),
@@ -175,6 +167,8 @@ def route_lightning_logs() -> None:
     # Lightning counts training steps, which with steps_per_call are groups of batches; the package
     # logs per optimizer step (every log_every_n_steps batches), so its advice does not apply
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than")
+    # weight averaging (callbacks.ema): testing the best checkpoint tests its averaged weights, as meant
+    warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback, but loading")
     # a resumed run's checkpoints folder holds its earlier checkpoints (a new run's is always empty)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
@@ -185,7 +179,7 @@ class _NoAdverts(logging.Filter):
         return not str(record.msg).startswith(("💡 Tip", "`Trainer.fit` stopped"))
 
 
-def build_model(cfg: DictConfig, steps_per_call: int = 1) -> Classifier:
+def build_model(cfg: DictConfig, model_class: type[Classifier] = Classifier, **model_args: Any) -> Classifier:
     """The chosen backbone inside the generic Classifier, with its optimizer and schedule.
 
     The optimizer and schedule are built once here on the backbone, so that a value torch refuses
@@ -196,7 +190,7 @@ def build_model(cfg: DictConfig, steps_per_call: int = 1) -> Classifier:
     scheduler = factory("sched.scheduler", cfg.sched.scheduler)
     with torch.random.fork_rng(devices=[]):  # the run's random numbers stay as they were
         rehearse(backbone, optimizer, scheduler, cfg.sched.interval)
-    return Classifier(
+    return model_class(
         backbone=backbone,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -204,10 +198,7 @@ def build_model(cfg: DictConfig, steps_per_call: int = 1) -> Classifier:
         config=OmegaConf.to_container(cfg, resolve=True),
         channels_last=bool(cfg.get("channels_last", False)),
         compile=bool(cfg.get("compile", False)),
-        steps_per_call=steps_per_call,
-        batch_size=int(cfg.data.batch_size),
-        gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
-        gradient_clip_algorithm=cfg.trainer.get("gradient_clip_algorithm", "norm"),
+        **model_args,
     )
 
 
@@ -261,6 +252,8 @@ def quiet_cuda_probe(cfg: DictConfig) -> None:
 
 def extra_callbacks(cfg: DictConfig) -> list[Callback]:
     callbacks: list[Callback] = [*inspection(cfg.get("inspect"))]
+    for name, node in (cfg.get("callbacks") or {}).items():  # any Lightning callback, by its _target_
+        callbacks.append(build(f"callbacks.{name}", factory(f"callbacks.{name}", node)))
     es = cfg.early_stopping
     if es.enabled:
         settings = OmegaConf.to_container(es, resolve=True)

@@ -132,6 +132,14 @@ def run_dirs(cwd: Path) -> list[Path]:
     return sorted(p.parent.parent for p in (cwd / "outputs").rglob(".hydra/config.yaml"))
 
 
+def train_run(cwd: Path, mnist_root: Path, *overrides: str) -> Path:
+    """The run folder of one training run ``python -m mnist_lit OVERRIDES`` in ``cwd``, which must succeed."""
+    result = run_cli(*overrides, cwd=cwd, mnist_root=mnist_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(cwd)
+    return run_dir
+
+
 def last_checkpoint(run_dir: Path) -> dict:
     """The whole of a run's checkpoints/last.ckpt (weights, loops, schedules), as the test's own file."""
     import torch
@@ -147,18 +155,14 @@ def read_metrics(run_dir: Path) -> dict:
 def trained_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One short real twoconv run (about 96% test accuracy), shared by the inspection, evaluate,
     predict and export tests; its test step sees the first 500 test images."""
-    cwd = tmp_path_factory.mktemp("trained")
     overrides = [o for o in TINY if not o.startswith("trainer.limit_train_batches")]
-    result = run_cli(
+    return train_run(
+        tmp_path_factory.mktemp("trained"),
+        mnist_root,
         *overrides,
         "trainer.limit_train_batches=300",
         "trainer.limit_test_batches=1",
         "data.eval_batch_size=500",
         "inspect.max_misclassified=32",
         "threads=1",
-        cwd=cwd,
-        mnist_root=mnist_root,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = run_dirs(cwd)
-    return run_dir

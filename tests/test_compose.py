@@ -86,11 +86,12 @@ def test_sgd_carries_momentum_nesterov_weight_decay(hydra_conf: None) -> None:
 
 
 def test_data_root_follows_the_environment(hydra_conf: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data module the run builds reads MNIST from MNIST_ROOT, unless data.root names a folder."""
     monkeypatch.delenv("MNIST_ROOT", raising=False)
-    assert make([]).data.root == "data"
+    assert instantiate(make([]).data).root == "data"
     monkeypatch.setenv("MNIST_ROOT", "/somewhere/mnist")
-    assert make([]).data.root == "/somewhere/mnist"
-    assert make(["data.root=/elsewhere"]).data.root == "/elsewhere"
+    assert instantiate(make([]).data).root == "/somewhere/mnist"
+    assert instantiate(make(["data.root=/elsewhere"]).data).root == "/elsewhere"
 
 
 def test_split_seed_follows_seed(hydra_conf: None) -> None:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose
 
+from mnist_lit.config import check_config
 from mnist_lit.data import RAW_FILES, BatchedTensorLoader, MNISTDataModule, load_mnist, split_indices
 from mnist_lit.errors import UserError
 
@@ -28,9 +30,12 @@ def test_split_is_seeded() -> None:
 
 
 @pytest.mark.parametrize("val_size", [0, 60_000, -3])
-def test_split_rejects_sizes_outside_range(val_size: int) -> None:
-    with pytest.raises(UserError, match="data.val_size"):
-        split_indices(60_000, val_size, seed=0)
+def test_val_sizes_outside_the_training_set_are_refused(hydra_conf: None, val_size: int) -> None:
+    """Checked with the config, before torch loads (split_indices itself trusts it)."""
+    with pytest.raises(
+        UserError, match=rf"data.val_size={val_size} is not allowed: use an integer in 1..59999"
+    ):
+        check_config(compose(config_name="config", overrides=[f"data.val_size={val_size}"]))
 
 
 def test_loader_yields_whole_batches_and_keeps_the_tail() -> None:

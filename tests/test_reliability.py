@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import WARNING_LINE, last_checkpoint, read_metrics, run_cli, run_dirs
+from conftest import WARNING_LINE, last_checkpoint, read_metrics, run_cli, run_dirs, train_run
 
 from mnist_lit import integrity
 from mnist_lit.errors import UserError
@@ -129,24 +129,21 @@ def same_weights(a: dict, b: dict) -> bool:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     """The run left alone, one batch per training step, which interrupted and repeated runs must match."""
-    cwd = tmp_path_factory.mktemp("reference")
-    result = run_cli(*EXACT, "steps_per_call=1", cwd=cwd, mnist_root=mnist_root)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = run_dirs(cwd)
+    run_dir = train_run(tmp_path_factory.mktemp("reference"), mnist_root, *EXACT, "steps_per_call=1")
     assert read_metrics(run_dir)["global_steps"] == 2 * BATCHES
     return run_dir
 
 
 # 1. interruption
-# (steps_per_call, training step of epoch 1 the signal arrives in, optimizer steps done by its end):
-# one batch per step, and three (two steps per epoch, through the model's own optimizer loop)
-@pytest.mark.parametrize(("per_call", "item", "steps"), [(1, 1, BATCHES + 2), (3, 0, BATCHES + 3)])
+# (steps_per_call, batch of epoch 1 the signal arrives in, optimizer steps done by the end of its
+# training step): one batch per step, and three (the stop waits for the item's other two batches)
+@pytest.mark.parametrize(("per_call", "batch", "steps"), [(1, 1, BATCHES + 2), (3, 1, BATCHES + 3)])
 def test_ctrl_c_stops_within_seconds_and_resumes_into_the_same_run(
-    tmp_path: Path, mnist_root: Path, per_call: int, item: int, steps: int
+    tmp_path: Path, mnist_root: Path, per_call: int, batch: int, steps: int
 ) -> None:
-    env = env_for(mnist_root, PACE_FROM=f"1:{item}", PACE_SLEEP="0.5")
+    env = env_for(mnist_root, PACE_FROM=f"1:{batch}", PACE_SLEEP="0.5")
     run = paced(*EXACT, f"steps_per_call={per_call}", cwd=tmp_path, env=env)
-    output, seconds = interrupt_at(run, f"PACE 1 {item}", signal.SIGINT)
+    output, seconds = interrupt_at(run, f"PACE 1 {batch}", signal.SIGINT)
     assert seconds < 10, output[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     stopped = read_metrics(run_dir)
@@ -174,13 +171,14 @@ def test_ctrl_c_stops_within_seconds_and_resumes_into_the_same_run(
 # optimizer steps as the reference, which takes one
 # (the last case resumes that run with one batch per step: 3 batches into the epoch, which 2 per step
 # cannot continue from and 1 can)
-@pytest.mark.parametrize(("per_call", "item", "resume_with"), [(1, 2, 1), (3, 0, 3), (3, 0, 1)])
+# (steps_per_call, batch of epoch 1 the signal arrives in, steps_per_call to resume with)
+@pytest.mark.parametrize(("per_call", "batch", "resume_with"), [(1, 2, 1), (3, 1, 3), (3, 1, 1)])
 def test_resume_mid_epoch_2_matches_the_run_left_alone(
-    tmp_path: Path, mnist_root: Path, reference: Path, per_call: int, item: int, resume_with: int
+    tmp_path: Path, mnist_root: Path, reference: Path, per_call: int, batch: int, resume_with: int
 ) -> None:
-    env = env_for(mnist_root, PACE_FROM=f"1:{item}", PACE_SLEEP="0.5")
+    env = env_for(mnist_root, PACE_FROM=f"1:{batch}", PACE_SLEEP="0.5")
     run = paced(*EXACT, f"steps_per_call={per_call}", cwd=tmp_path, env=env)
-    output, _ = interrupt_at(run, f"PACE 1 {item}", signal.SIGTERM)
+    output, _ = interrupt_at(run, f"PACE 1 {batch}", signal.SIGTERM)
     (run_dir,) = run_dirs(tmp_path)
     assert read_metrics(run_dir)["status"] == "interrupted", output[-3000:]
     assert read_metrics(run_dir)["global_steps"] == BATCHES + 3  # mid-epoch 2
@@ -218,9 +216,7 @@ def test_epoch_order_depends_on_seed_and_epoch_only_and_resumes_after_done_batch
 def test_same_command_twice_gives_identical_metrics(
     tmp_path: Path, mnist_root: Path, reference: Path
 ) -> None:
-    again = run_cli(*EXACT, cwd=tmp_path, mnist_root=mnist_root)
-    assert again.returncode == 0, again.stderr[-3000:]
-    (run_dir,) = run_dirs(tmp_path)
+    run_dir = train_run(tmp_path, mnist_root, *EXACT)
     got, want = read_metrics(run_dir), read_metrics(reference)
     for key in ("val/acc_best", "test/acc", "test/loss"):
         assert got[key] == want[key], key
@@ -298,12 +294,12 @@ def test_the_official_files_pass(mnist_root: Path) -> None:
 
 
 # 5. divergence
-# (steps_per_call, training step of epoch 1 whose images become NaN, first batch of epoch 1 hit)
-@pytest.mark.parametrize(("per_call", "item", "batch"), [(1, 2, 2), (3, 1, 3)])
+# (steps_per_call, batch of epoch 1 whose images become NaN): with 3 per call, the first of an item
+@pytest.mark.parametrize(("per_call", "batch"), [(1, 2), (3, 3), (3, 4)])
 def test_nan_loss_stops_at_that_step_and_earlier_checkpoints_stay_valid(
-    tmp_path: Path, mnist_root: Path, per_call: int, item: int, batch: int
+    tmp_path: Path, mnist_root: Path, per_call: int, batch: int
 ) -> None:
-    env = env_for(mnist_root, POISON_AT=f"1:{item}")
+    env = env_for(mnist_root, POISON_AT=f"1:{batch}")
     proc = subprocess.run(
         [sys.executable, "-m", "paced_cli", *EXACT, f"steps_per_call={per_call}"],
         cwd=tmp_path,

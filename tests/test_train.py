@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, read_metrics, run_cli, run_dirs
+from conftest import TINY, read_metrics, run_cli, run_dirs, train_run
 
 SCALAR_TAGS = {"train/loss_step", "train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/acc_best"}
 SCALAR_TAGS |= {"train/lr", "test/acc", "test/loss"}
@@ -31,19 +31,15 @@ def event_scalars_and_plugins(run_dir: Path) -> tuple[set[str], set[str]]:
 
 @pytest.fixture(scope="module")
 def one_epoch(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
-    cwd = tmp_path_factory.mktemp("e2e")
-    result = run_cli(
+    return train_run(
+        tmp_path_factory.mktemp("e2e"),
+        mnist_root,
         "model=twoconv",
         "optim=adam",
         "sched=steplr",
         "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false",
-        cwd=cwd,
-        mnist_root=mnist_root,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = run_dirs(cwd)
-    return run_dir
 
 
 def test_one_epoch_reaches_97_5_percent(one_epoch: Path) -> None:
