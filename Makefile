@@ -10,7 +10,7 @@ ARGS   ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev,export]"
+	$(BIN)/python -m pip install -e ".[dev,export,mlflow]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -5,7 +5,9 @@
   feature maps of each conv stage for fixed test digits, the validation confusion matrix,
   per-class accuracy scalars and per-class precision-recall curves;
 - after testing: the misclassified test digits (most confident mistakes first, titled
-  predicted/true confidence), the test confusion matrix, per-class accuracy and PR curves.
+  predicted/true confidence), the test confusion matrix, per-class accuracy and PR curves; and,
+  as tensors for the report (mnist_lit/events.py), the confusion counts and the misclassified
+  digits' pixels, predictions and confidences.
 
 Everything reuses the logits the Classifier computes anyway (its validation and test steps
 return them); the extra forward pass is only over a handful of fixed digits.
@@ -22,9 +24,13 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from mnist_lit import render
+from mnist_lit import events, render
 
 TAG = "inspect"
+# per-class accuracy scalars: named to sort after test/, train/ and val/ in TensorBoard, which
+# orders tag groups by name and opens only the first (mnist_lit/loggers.py LAYOUT draws them as
+# one chart per split)
+PER_CLASS = "zz_per_class"
 
 
 def tensorboard_writer(trainer: L.Trainer) -> Any | None:
@@ -168,11 +174,15 @@ class Inspection(Callback):
     def _log_split(self, writer: Any, split: _Split, name: str, step: int) -> None:
         if split.confusion.update_count == 0:
             return
+        from mnist_lit import figures
+
         cm = split.confusion.compute()
-        title = f"{name} confusion matrix ({int(cm.sum())} digits): rows true, columns predicted"
-        writer.add_image(f"{TAG}/{name}_confusion_matrix", render.confusion_image(cm, title), step)
+        title = f"{name} confusion matrix ({int(cm.sum())} digits)"
+        writer.add_figure(f"{TAG}/{name}_confusion_matrix", figures.confusion(cm.cpu(), title), step)
+        if name == "test":
+            writer.add_tensor(events.TEST_CONFUSION, cm.cpu().long(), step)
         for digit, acc in enumerate(split.per_class.compute().tolist()):
-            writer.add_scalar(f"per_class/{name}_acc_{digit}", acc, step)
+            writer.add_scalar(f"{PER_CLASS}/{name}_acc_{digit}", acc, step)
         if split.probs:
             probs, labels = torch.cat(split.probs), torch.cat(split.labels)
             for digit in range(self.num_classes):
@@ -260,10 +270,12 @@ class Inspection(Callback):
         if self._wrong:
             x, pred, true, conf = (torch.cat(parts) for parts in zip(*self._wrong, strict=True))
             order = conf.argsort(descending=True)[: self.max_misclassified]
-            titles = [f"{int(pred[i])}/{int(true[i])}  {float(conf[i]):.0%}" for i in order]
-            grid = render.titled_grid(self._pixels(trainer, x[order]), titles, ncol=10, cell=56, caption=16)
-            text = f"{len(conf)} misclassified test digits, most confident first: predicted/true confidence"
-            writer.add_image(f"{TAG}/test_misclassified", render.headed(grid, text), step)
+            pixels = (self._pixels(trainer, x[order]) * 255).round().int()
+            labels = torch.stack([pred[order].float(), true[order].float(), conf[order].float()], dim=1)
+            grid = render.misclassified_grid(pixels, labels, len(conf))
+            writer.add_image(f"{TAG}/test_misclassified", grid, step)
+            writer.add_tensor(events.TEST_WRONG_PIXELS, pixels, step)
+            writer.add_tensor(events.TEST_WRONG_LABELS, labels, step)
         self._wrong = []
 
 

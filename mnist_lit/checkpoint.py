@@ -41,6 +41,8 @@ class LoadedModel:
     path: Path
     run_dir: Path
     architecture: str
+    # the model config the backbone was built from (``_target_`` and arguments): how to build it again
+    model_config: dict[str, Any]
 
     @property
     def mean(self) -> float:
@@ -228,7 +230,12 @@ def load_for_inference(ckpt: str | Path, model: Mapping[str, Any] | None = None)
     fit_weights(backbone, backbone_state(content), name, path)
     backbone.eval()
     return LoadedModel(
-        backbone=backbone, config=config, path=path, run_dir=run_dir_of(path), architecture=name
+        backbone=backbone,
+        config=config,
+        path=path,
+        run_dir=run_dir_of(path),
+        architecture=name,
+        model_config=model_cfg,
     )
 
 

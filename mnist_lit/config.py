@@ -7,6 +7,7 @@ schema cannot say: types and ranges. Each failure names the key, the value and w
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -150,10 +151,29 @@ AUTO_STEPS_PER_CALL = 16
 FLOAT32_OR_BF16 = ("32", "32-true", "bf16-mixed", "bf16-true")
 
 
+# a logger's class -> the package it needs, which the package's extra of that name installs
+LOGGER_PACKAGES = {"MLFlowLogger": "mlflow"}
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise UserError on the first training value out of its allowed range or of the wrong type."""
     check_rules(cfg, RULES)
     resolve_steps_per_call(cfg)
+    check_logger_packages(cfg)
+
+
+def check_logger_packages(cfg: DictConfig) -> None:
+    """A chosen logger whose package is not installed is named with the extra that installs it,
+    before torch loads (Lightning would say so only once training starts, in a traceback)."""
+    for name, node in (cfg.get("logger") or {}).items():
+        target = str(node.get("_target_", "")) if hasattr(node, "get") else ""
+        package = LOGGER_PACKAGES.get(target.rsplit(".", 1)[-1])
+        if package and importlib.util.find_spec(package) is None:
+            raise UserError(
+                f"logger {name} needs {package}, an optional extra: pip install 'mnist-lit[{package}]' "
+                f"(from a checkout: pip install '.[{package}]'), or choose another logger "
+                "(logger=tensorboard, logger=csv or logger=[tensorboard,csv])"
+            )
 
 
 def resolve_steps_per_call(cfg: DictConfig) -> int:
@@ -172,6 +192,7 @@ def resolve_steps_per_call(cfg: DictConfig) -> int:
         "trainer.strategy": str(t.get("strategy", "auto")) not in ("auto", "single_device"),
         "trainer.precision": str(t.get("precision", "32")) not in FLOAT32_OR_BF16,
         "trainer.max_steps": t.get("max_steps", -1) not in (-1, None),
+        "trainer.overfit_batches": t.get("overfit_batches", 0) not in (0, None),
     }
     for key, clash in clashes.items():
         if clash and value == "auto":
@@ -180,7 +201,8 @@ def resolve_steps_per_call(cfg: DictConfig) -> int:
             raise UserError(
                 f"steps_per_call={value} cannot be combined with {key}={t.get(key.split('.')[1])}: "
                 "several steps per call need one process on one device, float32 or bf16 precision, "
-                "no gradient accumulation and an epoch count; use steps_per_call=1 or auto here"
+                "no gradient accumulation, no overfit_batches and an epoch count; use steps_per_call=1 or "
+                "auto here"
             )
     return AUTO_STEPS_PER_CALL if value == "auto" else int(value)
 
@@ -236,7 +258,9 @@ def check_options(group: str, value: str, options: list[str]) -> None:
     if any(c in value for c in "()[]{}$*"):
         return  # sweep syntax (choice(...), range(...), glob(...)) or an interpolation
     for choice in value.split(","):
-        if choice.strip() not in (*options, "null", ""):
+        if choice.strip() == "null":  # Hydra would answer with a traceback
+            raise UserError(f"{group}=null chooses nothing in Hydra: write ~{group} to leave the group out")
+        if choice.strip() not in (*options, ""):
             hint = did_you_mean(choice.strip(), options)
             raise UserError(
                 f"{group}={choice.strip()} is not an option of {group}{hint}: use one of {', '.join(options)}"

@@ -82,6 +82,21 @@ def load_mnist(
     return ds.data, ds.targets
 
 
+class OrderedBatches(SequentialSampler):
+    """Index batches of ``range(n)`` in order. A SequentialSampler, so that Lightning's
+    ``overfit_batches`` keeps it (it replaces any other sampler by one serving single images)."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool) -> None:
+        super().__init__(range(n))
+        self.batches = BatchSampler(SequentialSampler(range(n)), batch_size, drop_last)
+
+    def __iter__(self) -> Any:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class BatchedTensorLoader(DataLoader):
     """A DataLoader whose sampler yields whole index batches, so each batch is one gather."""
 
@@ -89,8 +104,11 @@ class BatchedTensorLoader(DataLoader):
         self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool
     ) -> None:
         dataset = TensorDataset(images, labels)
-        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        super().__init__(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None)
+        if shuffle:
+            sampler: Sampler = BatchSampler(RandomSampler(dataset), batch_size, drop_last)
+        else:
+            sampler = OrderedBatches(len(dataset), batch_size, drop_last)
+        super().__init__(dataset, sampler=sampler, batch_size=None)
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -154,6 +172,11 @@ class MNISTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         x, y = self._train
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.overfit_batches:  # the same first batches every epoch, in order
+            return BatchedTensorLoader(
+                x[self.train_idx], y[self.train_idx], self.batch_size, False, self.drop_last
+            )
         # seeded per-epoch order (the run's seed): a run resumed mid-epoch continues the same order
         return ResumableLoader(
             x[self.train_idx],

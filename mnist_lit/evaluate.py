@@ -125,33 +125,6 @@ class Evaluator:
         return rows
 
 
-def robustness_chart(rows: list[dict[str, Any]]) -> torch.Tensor:
-    """Two panels side by side: accuracy vs shift per direction, and accuracy vs rotation angle."""
-    import torch
-
-    from mnist_lit import render
-
-    clean = next(r["acc"] for r in rows if r["transform"] == "none")
-    shifts = {
-        d: [(0.0, clean)] + [(r["amount"], r["acc"]) for r in rows if r["transform"] == f"shift {d}"]
-        for d in DIRECTIONS
-    }
-    turns = {
-        "rotate": sorted(
-            [(0.0, clean)] + [(r["amount"], r["acc"]) for r in rows if r["transform"] == "rotate"]
-        )
-    }
-    lo = min(r["acc"] for r in rows)
-    y_range = (max(0.0, lo - 0.02), min(1.0, max(r["acc"] for r in rows) + 0.01))
-    left = render.line_chart(
-        shifts, "accuracy on shifted test digits", "shift (pixels)", "accuracy", y_range=y_range
-    )
-    right = render.line_chart(
-        turns, "accuracy on rotated test digits", "rotation (degrees)", "accuracy", y_range=y_range
-    )
-    return torch.cat([left, right], dim=2)
-
-
 def print_tables(result: dict[str, Any]) -> None:
     test, run = result["test"], result.get("run") or {}
     print(f"checkpoint   {result['checkpoint']}")
@@ -182,16 +155,19 @@ def print_tables(result: dict[str, Any]) -> None:
         clean = result["robustness"][0]["acc"]
         print("\nrobustness\n transform      amount  accuracy  change")
         for r in result["robustness"]:
-            unit = "deg" if r["transform"] == "rotate" else ("px" if r["amount"] else "")
-            amount = f"{r['amount']:+d} {unit}" if unit == "deg" else f"{r['amount']} {unit}"
-            print(f" {r['transform']:<13} {amount:>7}  {r['acc']:.4f}   {r['acc'] - clean:+.4f}")
+            print(f" {r['transform']:<13} {amount(r):>7}  {r['acc']:.4f}   {r['acc'] - clean:+.4f}")
+
+
+def amount(row: dict[str, Any]) -> str:
+    """A robustness row's amount with its unit: ``3 px``, ``-10 deg``, or nothing for the clean row."""
+    if row["transform"] == "rotate":
+        return f"{row['amount']:+d} deg"
+    return f"{row['amount']} px" if row["amount"] else ""
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Everything the command reports, as the dict written to evaluation.json."""
-    import torch
-
-    from mnist_lit import render
+    from mnist_lit import figures
     from mnist_lit.checkpoint import load_for_inference
 
     device = torch_device(cfg.device, cfg.threads)
@@ -215,13 +191,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out else model.run_dir / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "evaluation.json", result)
-    cm = render.confusion_image(
-        torch.tensor(result["test"]["confusion_matrix"]),
-        f"test confusion matrix ({result['test']['images']} digits): rows true, columns predicted",
-    )
-    render.save_png(cm, out / "confusion_matrix.png")
+    title = f"test confusion matrix ({result['test']['images']} digits)"
+    figures.save(figures.confusion(result["test"]["confusion_matrix"], title), out / "confusion_matrix.png")
     if result.get("robustness"):
-        render.save_png(robustness_chart(result["robustness"]), out / "robustness.png")
+        figures.save(figures.robustness(result["robustness"]), out / "robustness.png")
     result["out"] = str(out)
     return result
 

@@ -27,11 +27,15 @@ RESULT_KEYS = ("test/acc", "test/loss", "best_checkpoint")
 _written: dict[Path, float] = {}
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_atomic(path: Path, data: str | bytes) -> None:
     """Replace ``path`` in one step: a reader never sees half a file, a crash never leaves one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     tmp.replace(path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_metrics(folder: Path) -> dict[str, Any]:

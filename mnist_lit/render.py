@@ -1,12 +1,13 @@
-"""Pictures for people: titled digit grids, feature maps, confusion matrices and line charts.
+"""Pictures of digits: titled digit grids and feature maps (charts are matplotlib's: figures.py).
 
-Drawn with torchvision.utils.make_grid and Pillow (which torchvision brings), so inspection
-needs no plotting library. Every function returns a uint8 tensor [3, H, W], the layout
-TensorBoard's ``add_image`` takes and ``save_png`` writes.
+Drawn with torchvision.utils.make_grid and Pillow (which torchvision brings): a grid of many
+small images is a picture, not a chart. Every function returns a uint8 tensor [3, H, W], the
+layout TensorBoard's ``add_image`` takes and ``save_png`` writes.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -18,9 +19,7 @@ from torchvision.utils import make_grid
 
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
-GREY = (150, 150, 150)
 GAP = (70, 130, 180)
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
 @cache
@@ -50,6 +49,12 @@ def save_png(img: torch.Tensor, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     to_pil(img).save(path)
     return path
+
+
+def png(img: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    to_pil(img).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def rescale(x: torch.Tensor) -> torch.Tensor:
@@ -112,88 +117,14 @@ def map_grid(maps: torch.Tensor, ncol: int, cell: int = 56) -> torch.Tensor:
     return grid
 
 
-def _shade(frac: float) -> tuple[int, int, int]:
-    """White (0) to dark blue (1)."""
-    return tuple(round(w + (d - w) * frac) for w, d in zip(WHITE, (8, 48, 107), strict=True))  # type: ignore[return-value]
-
-
-def confusion_image(cm: torch.Tensor, title: str = "", cell: int = 40) -> torch.Tensor:
-    """A confusion matrix (rows true, columns predicted) with counts, shaded by row share."""
-    cm = cm.detach().cpu().long()
-    k = cm.shape[0]
-    left, top = 46, 46 + (18 if title else 0)
-    canvas = Image.new("RGB", (left + k * cell + 8, top + k * cell + 8), WHITE)
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((4, 2), title, fill=BLACK, font=font(14))
-    draw.text((left, top - 40), "predicted", fill=BLACK, font=font(12))
-    draw.text((2, top - 20), "true", fill=BLACK, font=font(12))
-    rows = cm.sum(dim=1).clamp_min(1)
-    for i in range(k):
-        draw.text((left + i * cell + cell // 2 - 4, top - 20), str(i), fill=BLACK, font=font(12))
-        draw.text((24, top + i * cell + cell // 2 - 7), str(i), fill=BLACK, font=font(12))
-        for j in range(k):
-            frac = float(cm[i, j]) / float(rows[i])
-            x0, y0 = left + j * cell, top + i * cell
-            draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=_shade(frac), outline=GREY)
-            if cm[i, j]:
-                text = str(int(cm[i, j]))
-                tw = draw.textlength(text, font=font(11))
-                colour = WHITE if frac > 0.5 else BLACK
-                draw.text((x0 + (cell - tw) / 2, y0 + cell / 2 - 7), text, fill=colour, font=font(11))
-    return to_tensor(canvas)
-
-
-def line_chart(
-    series: dict[str, Sequence[tuple[float, float]]],
-    title: str,
-    xlabel: str,
-    ylabel: str,
-    size: tuple[int, int] = (560, 360),
-    y_range: tuple[float, float] | None = None,
+def misclassified_grid(
+    pixels: torch.Tensor, predictions: torch.Tensor, total: int, cell: int = 56, caption: int = 16
 ) -> torch.Tensor:
-    """Lines with markers, axes, ticks and a legend: enough to read a sweep at a glance."""
-    width, height = size
-    left, right, top, bottom = 64, 130, 34, 46
-    canvas = Image.new("RGB", size, WHITE)
-    draw = ImageDraw.Draw(canvas)
-    xs = [x for pts in series.values() for x, _ in pts]
-    ys = [y for pts in series.values() for _, y in pts]
-    x_lo, x_hi = min(xs), max(xs)
-    y_lo, y_hi = y_range or (min(ys), max(ys))
-    if x_hi == x_lo:
-        x_hi = x_lo + 1
-    if y_hi == y_lo:
-        y_lo, y_hi = y_lo - 0.01, y_hi + 0.01
-    pw, ph = width - left - right, height - top - bottom
-
-    def at(x: float, y: float) -> tuple[float, float]:
-        return left + (x - x_lo) / (x_hi - x_lo) * pw, top + (1 - (y - y_lo) / (y_hi - y_lo)) * ph
-
-    draw.text((left, 8), title, fill=BLACK, font=font(14))
-    draw.rectangle((left, top, left + pw, top + ph), outline=BLACK)
-    for i in range(6):
-        y = y_lo + (y_hi - y_lo) * i / 5
-        _, py = at(x_lo, y)
-        draw.line((left, py, left + pw, py), fill=(225, 225, 225))
-        draw.text((6, py - 7), f"{y:.3f}", fill=BLACK, font=font(11))
-    for x in sorted(set(xs)):
-        px, _ = at(x, y_lo)
-        draw.line((px, top + ph, px, top + ph + 4), fill=BLACK)
-        label = f"{x:g}"
-        draw.text(
-            (px - draw.textlength(label, font=font(11)) / 2, top + ph + 6), label, fill=BLACK, font=font(11)
-        )
-    draw.text((left + pw / 2 - 30, height - 20), xlabel, fill=BLACK, font=font(12))
-    draw.text((6, top - 18), ylabel, fill=BLACK, font=font(12))
-    for n, (label, pts) in enumerate(series.items()):
-        colour = COLOURS[n % len(COLOURS)]
-        points = [at(x, y) for x, y in sorted(pts)]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for px, py in points:
-            draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=colour)
-        ly = top + 6 + n * 18
-        draw.line((left + pw + 10, ly + 7, left + pw + 30, ly + 7), fill=colour, width=3)
-        draw.text((left + pw + 36, ly), label, fill=BLACK, font=font(12))
-    return to_tensor(canvas)
+    """Misclassified digits (pixels [N, H, W] 0..255; predictions [N, 3]: predicted, true,
+    confidence), each titled ``predicted/true confidence``, under a heading that counts them."""
+    titles = [f"{int(p)}/{int(t)}  {float(c):.0%}" for p, t, c in predictions.tolist()]
+    grid = titled_grid(pixels.to(torch.uint8), titles, ncol=10, cell=cell, caption=caption)
+    shown = f", the {len(titles)} most confident shown" if len(titles) < total else ", most confident first"
+    return headed(
+        grid, f"{total} misclassified test digits{shown}: predicted/true confidence", size=caption - 2
+    )

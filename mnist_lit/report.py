@@ -1,10 +1,12 @@
-"""A sweep's results table, rebuilt from its job directories: ``python -m mnist_lit.report SWEEP_DIR``.
+"""A sweep's results table and report, rebuilt from its job directories: ``python -m mnist_lit.report DIR``.
 
 Every job directory holds ``.hydra/overrides.yaml`` (what the job changed) and ``metrics.json``
 (what it measured, or why it failed); the table is made from those files alone, so it can be
-rebuilt at any time, for a finished sweep or one still running. ``--seed-table DIR`` summarises
-a folder of per-preset sweeps (see ``scripts/seed_table.sh``) against the numbers the seed reports
-quoted, averaging over seeds.
+rebuilt at any time, for a finished sweep or one still running. DIR may be a sweep, one run, or
+any folder of runs (``outputs/runs/DATE``); the report pages (report.html, report.md) add the
+curves and pictures (mnist_lit/page.py). ``--seed-table DIR`` summarises a folder of per-preset
+sweeps (see ``scripts/seed_table.sh``) against the numbers the seed reports quoted, averaging
+over seeds.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import math
 import statistics
 import sys
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from omegaconf import OmegaConf
 
 from mnist_lit.cli import user_errors
 from mnist_lit.errors import UserError
+from mnist_lit.record import write_atomic
 
 # test accuracy (%) and epochs each seed report quotes for the recipe an experiment preset reproduces
 SEED_REPORTED: dict[str, tuple[float | None, int, str]] = {
@@ -76,11 +80,12 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-def read_job(job_dir: Path, fallback_num: int) -> JobRow:
+def read_job(job_dir: Path, fallback_num: int, numbered: bool = True) -> JobRow:
+    """One job or run; ``numbered``: by its sweep job number, else by ``fallback_num``."""
     hydra_dir = job_dir / ".hydra"
     overrides = parse_overrides(list(OmegaConf.load(hydra_dir / "overrides.yaml")))
     num = fallback_num
-    if (hydra_dir / "hydra.yaml").exists():
+    if numbered and (hydra_dir / "hydra.yaml").exists():
         num = int(OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.job.num", default=num))
     metrics: dict[str, Any] = {}
     if (job_dir / "metrics.json").exists():
@@ -91,10 +96,17 @@ def read_job(job_dir: Path, fallback_num: int) -> JobRow:
     return JobRow(num=num, path=job_dir, overrides=overrides, metrics=metrics)
 
 
+def is_sweep(folder: Path) -> bool:
+    return (folder / "multirun.yaml").is_file()
+
+
 def find_jobs(sweep_dir: Path) -> list[JobRow]:
-    """Every job directory below ``sweep_dir`` (one holding ``.hydra/overrides.yaml``), by job number."""
+    """Every job or run directory at or below ``sweep_dir`` (one holding ``.hydra/overrides.yaml``):
+    a sweep's by job number, any other folder's runs numbered in the order of their paths (for
+    ``outputs/runs/DATE/TIME``, the order they were started in)."""
     dirs = sorted(p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml"))
-    return sorted((read_job(d, i) for i, d in enumerate(dirs)), key=lambda r: r.num)
+    numbered = is_sweep(sweep_dir)
+    return sorted((read_job(d, i, numbered) for i, d in enumerate(dirs)), key=lambda r: r.num)
 
 
 def _cut(text: str, limit: int = 120) -> str:
@@ -112,6 +124,13 @@ class Report:
 
     sweep_dir: Path
     rows: list[JobRow]
+
+    @property
+    def kind(self) -> str:
+        """``run`` (DIR is one run), ``sweep`` (a multirun's folder) or ``runs`` (any folder of runs)."""
+        if len(self.rows) == 1 and self.rows[0].path == self.sweep_dir:
+            return "run"
+        return "sweep" if is_sweep(self.sweep_dir) else "runs"
 
     @property
     def varying(self) -> list[str]:
@@ -146,31 +165,36 @@ class Report:
         text = " ".join(f"{k}={row.overrides[k]}" for k in self.varying if k in row.overrides)
         return text or "(no overrides)"
 
-    def markdown(self) -> str:
+    def labels(self) -> dict[Path, str]:
+        """Each job's name in figures: what it changed (its job number added where two share one)."""
+        names = {r.path: self.swept(r) for r in self.rows}
+        twice = {n for n in names.values() if list(names.values()).count(n) > 1}
+        return {
+            r.path: f"{names[r.path]} (job {r.num})" if names[r.path] in twice else names[r.path]
+            for r in self.rows
+        }
+
+    def summary(self) -> str:
         done = sum(r.status == "completed" for r in self.rows)
-        lines = [
-            f"# Sweep {self.sweep_dir}",
-            "",
-            f"{len(self.rows)} jobs: {done} completed, {len(self.rows) - done} failed or missing.",
-        ]
+        jobs = f"{len(self.rows)} job" + ("s" if len(self.rows) != 1 else "")
+        return f"{jobs}: {done} completed, {len(self.rows) - done} failed or missing."
+
+    # the results table: its columns, which of them hold numbers, and one row's cells
+    COLUMNS = ("job", "overrides", "val/acc_best", "test/acc", "epochs", "seconds", "status")
+    NUMERIC = frozenset({0, 2, 3, 4, 5})
+
+    def cells(self, r: JobRow) -> list[str]:
+        status = r.status if r.status == "completed" else f"{r.status}: {_cut(r.reason)}"
+        best, test = _fmt(r.value("val/acc_best")), _fmt(r.value("test/acc"))
+        epochs, seconds = str(r.metrics.get("epochs", "")), _fmt(r.value("wall_seconds"), 1)
+        return [str(r.num), self.swept(r), best, test, epochs, seconds, status]
+
+    def markdown(self) -> str:
+        lines = [f"# {self.kind.capitalize()} {self.sweep_dir}", "", self.summary()]
         if self.common:
             lines.append("Shared overrides: " + " ".join(f"{k}={v}" for k, v in self.common.items()))
-        lines += [
-            "",
-            "| job | overrides | val/acc_best | test/acc | epochs | seconds | status |",
-            "|---:|---|---:|---:|---:|---:|---|",
-        ]
-        for r in self.sorted_rows():
-            status = r.status
-            if status != "completed":
-                status = f"{status}: {_cut(r.reason)}".replace("|", "/")
-            seconds = r.value("wall_seconds")
-            epochs = r.metrics.get("epochs", "")
-            best, test = _fmt(r.value("val/acc_best")), _fmt(r.value("test/acc"))
-            lines.append(
-                f"| {r.num} | {self.swept(r)} | {best} | {test} | {epochs} | {_fmt(seconds, 1)} | {status} |"
-            )
-        return "\n".join(lines) + "\n"
+        lines += ["", markdown_table(self.COLUMNS, [self.cells(r) for r in self.sorted_rows()], self.NUMERIC)]
+        return "\n".join(lines)
 
     def csv(self) -> str:
         buf = io.StringIO()
@@ -190,14 +214,30 @@ class Report:
                     _fmt(r.value("wall_seconds"), 2),
                     r.status,
                     r.reason,
-                    r.path.name,
+                    r.path.relative_to(self.sweep_dir).as_posix(),
                 ]
             )
         return buf.getvalue()
 
     def write(self, out_dir: Path) -> None:
-        (out_dir / "results.md").write_text(self.markdown())
-        (out_dir / "results.csv").write_text(self.csv())
+        """results.md and results.csv, and the report pages (report.html, report.md) beside them;
+        a single run's folder gets only the pages."""
+        from mnist_lit.page import write_report
+
+        if self.kind != "run":
+            write_atomic(out_dir / "results.md", self.markdown())
+            write_atomic(out_dir / "results.csv", self.csv())
+        write_report(self, out_dir)
+
+
+def markdown_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Set[int] = frozenset()
+) -> str:
+    """A GitHub-flavoured table, numeric columns right-aligned; a ``|`` in a cell becomes ``/``."""
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join("---:" if i in numeric else "---" for i in range(len(header))) + "|")
+    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def build_report(sweep_dir: Path) -> Report | None:
@@ -249,9 +289,17 @@ def seed_table(root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rebuild results.md / results.csv for each sweep directory given, and print them."""
+    """Rebuild the report of each folder given, a sweep, one run or any folder of runs: report.html
+    and report.md (with its pictures in report_files/), and for several runs results.md and
+    results.csv; print the results table."""
     parser = argparse.ArgumentParser(prog="python -m mnist_lit.report", description=main.__doc__)
-    parser.add_argument("dirs", nargs="+", type=Path, help="sweep directories (outputs/sweeps/DATE/TIME)")
+    parser.add_argument(
+        "dirs",
+        nargs="+",
+        type=Path,
+        help="a sweep (outputs/sweeps/DATE/TIME), a run (outputs/runs/DATE/TIME) or a folder of runs "
+        "(outputs/runs/DATE)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave the directories unchanged")
     parser.add_argument(
         "--seed-table",
@@ -263,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         with user_errors():
             for d in args.dirs:
                 if not d.is_dir():
-                    raise UserError(f"sweep directory {str(d)!r} does not exist")
+                    raise UserError(f"directory {str(d)!r} does not exist")
                 if args.seed_table:
                     table = seed_table(d)
                     if not args.no_write:
@@ -273,12 +321,14 @@ def main(argv: list[str] | None = None) -> int:
                 report = build_report(d)
                 if report is None:
                     raise UserError(
-                        f"{str(d)!r} holds no job directories (none with .hydra/overrides.yaml): "
-                        "give a sweep directory such as outputs/sweeps/DATE/TIME"
+                        f"{str(d)!r} holds no job directories or runs (no folder with "
+                        ".hydra/overrides.yaml): give a sweep (outputs/sweeps/DATE/TIME), a run "
+                        "(outputs/runs/DATE/TIME) or a folder of runs (outputs/runs/DATE)"
                     )
+                print(report.markdown(), flush=True)
                 if not args.no_write:
                     report.write(d)
-                print(report.markdown(), flush=True)
+                    print(f"report: {d / 'report.html'} and {d / 'report.md'}", flush=True)
     except SystemExit as stop:  # the message is printed; the caller gets the exit code
         return int(stop.code or 0)
     return 0

@@ -33,6 +33,7 @@ INTERRUPTED_CKPT = "interrupted.ckpt"  # a graceful stop's, mid-epoch (mnist_lit
 # newest first: a mid-epoch stop leaves interrupted.ckpt beside the epoch-end last.ckpt
 RESUMABLE = (INTERRUPTED_CKPT, LAST_CKPT)
 OUTPUTS = Path("outputs")
+DEBUG = "debug"  # outputs/debug/: the debug presets' runs (conf/debug/default.yaml), never resumed as "last"
 MIN_FREE_BYTES = 16 << 20  # config, logs and TensorBoard events of a run, before any checkpoint
 CKPT_KEYS = ("ckpt_path", "+ckpt_path", "++ckpt_path")
 # command lines that start no job (or many): left as they are
@@ -70,7 +71,8 @@ class Snapshot:
     """
 
     KEEP_BYTES = (".yaml", ".json")
-    RUN_ENTRIES = (".hydra", "tb", CHECKPOINTS, "evaluation", "lightning_logs", "*.json", "*.log")
+    RUN_ENTRIES = (".hydra", "tb", "csv", CHECKPOINTS, "evaluation", "lightning_logs", "*.json", "*.log")
+    RUN_ENTRIES += ("*-profiler.txt",)
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -201,11 +203,18 @@ def recorded_run(ckpt: Path) -> Path | None:
 def find_checkpoint(value: str, outputs: Path = OUTPUTS) -> Path:
     """The checkpoint a resume starts from: ``last``, a run directory, or a .ckpt file."""
     if value == "last":
-        found = newest([f for name in RESUMABLE for f in outputs.glob(f"**/{CHECKPOINTS}/{name}")])
+        found = newest(
+            [
+                f
+                for name in RESUMABLE
+                for f in outputs.glob(f"**/{CHECKPOINTS}/{name}")
+                if f.relative_to(outputs).parts[0] != DEBUG
+            ]
+        )
         if found is None:
             raise UserError(
-                f"ckpt_path=last: no {' or '.join(RESUMABLE)} under {outputs.resolve()}; "
-                "give the checkpoint file or run directory (ckpt_path=PATH)"
+                f"ckpt_path=last: no {' or '.join(RESUMABLE)} under {outputs.resolve()} (outside "
+                f"{DEBUG}/); give the checkpoint file or run directory (ckpt_path=PATH)"
             )
         return found.resolve()
     path = Path(value).expanduser()

@@ -97,7 +97,8 @@ def quiet_optuna(config: DictConfig) -> None:
 
 
 class ResultsTable(Callback):
-    """At the end of every multirun: write results.md / results.csv into the sweep dir and print them.
+    """At the end of every multirun: write results.md / results.csv and the report pages
+    (report.html, report.md) into the sweep dir, and print the table.
 
     The sweep exits with status 1 when every job failed, so scripts and CI notice a sweep that
     produced nothing; with at least one completed job it exits 0 and the table names the failures.
@@ -131,7 +132,7 @@ class ResultsTable(Callback):
             return
         table.write(sweep_dir)
         print(table.markdown(), flush=True)
-        log.info("results table: %s", sweep_dir / "results.md")
+        log.info("results table: %s; report: %s", sweep_dir / "results.md", sweep_dir / "report.html")
         if table.rows and all(r.status != "completed" for r in table.rows):
             report(SweepFailed(f"all {len(table.rows)} jobs of the sweep failed, see {sweep_dir}"))
 

@@ -18,7 +18,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lit import steps_per_call
@@ -35,6 +34,7 @@ from mnist_lit.guards import (
     guard_callbacks,
     stopped_run,
 )
+from mnist_lit.loggers import build_loggers, hparams_of
 from mnist_lit.module import Classifier
 from mnist_lit.perf import EpochTimer, FairThreads
 from mnist_lit.record import update_metrics
@@ -42,9 +42,6 @@ from mnist_lit.rundir import check_room, find_checkpoint, training_began
 from mnist_lit.threads import job_threads
 
 log = logging.getLogger(__name__)
-
-# the scalars every run reports in metrics.json and TensorBoard's HParams tab
-FINAL_METRICS = ("val/acc_best", "test/acc", "test/loss")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -68,7 +65,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = str(find_checkpoint(str(cfg.ckpt_path))) if cfg.ckpt_path else None
     check_room(out_dir, "output directory", 3 * checkpoint_bytes(model))  # now, not after an hour of training
     stop = GracefulStop()
-    logger = TensorBoardLogger(save_dir=str(out_dir), name="tb", version="", default_hp_metric=False)
+    loggers = build_loggers(cfg, out_dir)
+    profiler = build_profiler(cfg, out_dir)
+    if profiler is not None:
+        trainer_args["profiler"] = profiler
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
         filename="epoch={epoch:03d}-val_acc={val/acc:.4f}",
@@ -84,10 +84,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "trainer",
         functools.partial(L.Trainer, **trainer_args, enable_model_summary=False),  # ModelTable is the summary
         default_root_dir=str(out_dir),
-        logger=logger,
+        logger=loggers,
         callbacks=[
             checkpoint,
-            LearningRateMonitor(logging_interval="step"),
+            *([LearningRateMonitor(logging_interval="step")] if loggers else []),
             timer,
             *bar,
             *summary,
@@ -97,7 +97,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             *grouping.callbacks,
         ],
     )
-    log_hparams(logger, cfg)
+    hparams = hparams_of(cfg)
+    for logger in trainer.loggers:  # under fast_dev_run, Lightning's stand-in that logs nothing
+        logger.log_hyperparams(hparams)
 
     if ckpt_path:  # weights only, and of this architecture, before Lightning unpickles it
         check_resume(ckpt_path, model.backbone, OmegaConf.to_container(cfg.model, resolve=True))
@@ -105,13 +107,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         try:
             with refused_at_start():
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-            metrics = scalars(trainer, "val/acc_best")
+            metrics = scalars(trainer, "val/acc_best", "train/acc")
             best = checkpoint.best_model_path or None
             trainer.test(model, datamodule=datamodule, ckpt_path=best)
         except (KeyboardInterrupt, SystemExit, Diverged) as err:  # Ctrl-C, SIGTERM, NaN loss
             if not training_began():
                 raise  # stopped while starting: nothing to save, the folder goes back as it was
-            metrics = stopped_run(trainer, stop, err, out_dir)
+            metrics = {**stopped_run(trainer, stop, err, out_dir), **debug_mark()}
             if trainer.is_global_zero:
                 update_metrics(out_dir, metrics, time.perf_counter() - start)
             if isinstance(err, Diverged):
@@ -128,17 +130,63 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best_checkpoint=best,
         params=sum(p.numel() for p in model.parameters()),
     )
+    metrics.update(debug_mark())
     if trainer.is_global_zero:  # one file, however many DDP processes ran
         metrics = update_metrics(out_dir, metrics, time.perf_counter() - start)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # else gloo's threads may abort noisily at exit
+    if profiler is not None:
+        print_profile(out_dir)
     log.info(
-        "test/acc %.4f  val/acc_best %.4f  (%s)",
+        "test/acc %.4f  val/acc_best %.4f  train/acc %.4f  (%s)",
         metrics.get("test/acc", float("nan")),
         metrics.get("val/acc_best", float("nan")),
+        metrics.get("train/acc", float("nan")),
         out_dir,
     )
     return metrics
+
+
+def debug_mark() -> dict[str, str]:
+    """``{"debug": PRESET}`` for a run of a debug preset: a check, not a result (conf/debug/default.yaml)."""
+    debug = HydraConfig.get().runtime.choices.get("debug")
+    return {"debug": debug} if debug else {}
+
+
+def build_profiler(cfg: DictConfig, out_dir: Path) -> Any:
+    """The Lightning profiler ``profiler:`` configures (debug=profiler), writing into the run folder."""
+    node = cfg.get("profiler")
+    return build("profiler", factory("profiler", node), dirpath=str(out_dir)) if node else None
+
+
+def print_profile(out_dir: Path, rows: int = 10) -> None:
+    """The slowest actions of the profiler's report of fit, one short line each (the whole report,
+    every action and its calls, stays in the file)."""
+    report = next(iter(sorted(out_dir.glob("fit-*.txt"))), None)
+    if report is None:  # a profiler that writes its report elsewhere
+        return
+    table = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in report.read_text().splitlines()
+        if line.startswith("|")
+    ]
+    actions = [r for r in table if len(r) == 5 and r[0] not in ("Action", "Total")]
+    if not actions:  # another profiler's report (AdvancedProfiler's is cProfile's, per action by name)
+        log.info("profile of fit: %s", report)
+        return
+    total = next((r[3] for r in table if r and r[0] == "Total"), "?")
+    lines = [
+        f"{float(pct):5.1f}%  {float(secs):8.3f} s  {calls:>6} calls  {name[:90]}"
+        for name, _, calls, secs, pct in actions
+    ]
+    log.info(
+        "profile of fit: the %d slowest of %d actions, %s s in all (every one: %s)\n%s",
+        min(rows, len(actions)),
+        len(actions),
+        total,
+        report,
+        "\n".join(lines[:rows]),
+    )
 
 
 def scalars(trainer: L.Trainer, *names: str) -> dict[str, float]:
@@ -260,34 +308,3 @@ def extra_callbacks(cfg: DictConfig) -> list[Callback]:
         settings.pop("enabled")
         callbacks.append(build("early_stopping", functools.partial(EarlyStopping, **settings)))
     return callbacks
-
-
-def hparams_of(cfg: DictConfig) -> dict[str, Any]:
-    """Flat scalars for the HParams tab: the group choices plus every leaf value."""
-    choices = HydraConfig.get().runtime.choices
-    flat: dict[str, Any] = {
-        g: choices.get(g) for g in ("model", "optim", "sched", "accelerator") if g in choices
-    }
-
-    def walk(node: Any, key: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if not k.startswith("_"):
-                    walk(v, f"{key}.{k}" if key else k)
-        else:
-            flat[key] = node if isinstance(node, (int, float, str, bool)) else str(node)
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
-
-
-def log_hparams(logger: TensorBoardLogger, cfg: DictConfig) -> None:
-    """Declare the run's hyperparameters and final metric tags; values come from the logged scalars."""
-    from torch.utils.tensorboard.summary import hparams
-
-    exp, ssi, sei = hparams(hparams_of(cfg), {name: 0.0 for name in FINAL_METRICS})
-    writer = logger.experiment._get_file_writer()  # as Lightning's own log_hyperparams does
-    if writer is None:  # DDP processes other than rank 0 log nothing
-        return
-    for summary in (exp, ssi, sei):
-        writer.add_summary(summary)

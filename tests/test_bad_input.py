@@ -32,6 +32,9 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["trainer.max_epoch=3"], ["trainer.max_epoch is not a key", "did you mean trainer.max_epochs"]),
     (["mdel=twoconv"], ["mdel is not a key", "(did you mean model?)"]),
     (["model=twoconvv"], ["model=twoconvv is not an option of model (did you mean twoconv?)"]),
+    (["logger=tensorbord"], ["logger=tensorbord is not an option of logger (did you mean tensorboard?)"]),
+    (["debug=fdrr"], ["debug=fdrr is not an option of debug (did you mean fdr?)", "limit, overfit"]),
+    (["logger=null"], ["logger=null chooses nothing in Hydra: write ~logger"]),
     (["-m", "optim.lr=0.1,0.2", "optim.weight_decy=0,1"], ["did you mean optim.weight_decay?"]),
     # a sweep preset needs -m
     (["experiment=report000_lr_wd"], ["is a sweep", "python -m mnist_lit -m experiment=report000_lr_wd"]),

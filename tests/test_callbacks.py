@@ -11,8 +11,8 @@ import torch
 from conftest import read_metrics, run_cli
 from PIL import Image
 
-from mnist_lit import render
-from mnist_lit.callbacks import Inspection, conv_stages, first_conv, from_config
+from mnist_lit import events as logged
+from mnist_lit.callbacks import PER_CLASS, Inspection, conv_stages, first_conv, from_config
 from mnist_lit.models.resnet import ResNet8
 from mnist_lit.models.twoconv import TwoConv
 
@@ -60,14 +60,14 @@ def test_per_class_scalars_agree_with_test_accuracy(events, trained_run: Path, m
 
     scalars = set(events.Tags()["scalars"])
     for split in ("val", "test"):
-        assert {f"per_class/{split}_acc_{d}" for d in range(10)} <= scalars
+        assert {f"{PER_CLASS}/{split}_acc_{d}" for d in range(10)} <= scalars
     assert {f"pr_curve/{split}_{d}" for split in ("val", "test") for d in range(10)} <= set(
         events.Tags()["tensors"]
     )
     # the run tested the first 500 test images: per-class accuracies weighted by class counts
     _, labels = load_mnist(mnist_root, train=False, download=False)
     counts = torch.bincount(labels[:500], minlength=10)
-    per_class = torch.tensor([events.Scalars(f"per_class/test_acc_{d}")[-1].value for d in range(10)])
+    per_class = torch.tensor([events.Scalars(f"{PER_CLASS}/test_acc_{d}")[-1].value for d in range(10)])
     overall = float((per_class * counts).sum() / counts.sum())
     assert overall == pytest.approx(read_metrics(trained_run)["test/acc"], abs=1e-5)
 
@@ -108,11 +108,23 @@ def test_views_come_every_n_epochs_and_at_the_last() -> None:
     assert not cb._due(SimpleNamespace(sanity_checking=True, current_epoch=2, max_epochs=8))
 
 
-def test_confusion_image_grows_with_classes() -> None:
-    small = render.confusion_image(torch.eye(3, dtype=torch.long) * 5)
-    big = render.confusion_image(torch.eye(10, dtype=torch.long) * 5, "title")
-    assert small.dtype == torch.uint8 and small.shape[0] == 3
-    assert big.shape[1] > small.shape[1] and big.shape[2] > small.shape[2]
+def test_the_test_outcome_is_logged_as_data_for_the_report(events, trained_run: Path) -> None:
+    from tensorboard.util.tensor_util import make_ndarray
+
+    def tensor(tag: str):
+        return make_ndarray(events.Tensors(tag)[-1].tensor_proto)
+
+    cm = tensor(logged.TEST_CONFUSION)
+    assert cm.shape == (10, 10) and int(cm.sum()) == 500  # the run tested the first 500 test images
+    assert int(cm.trace()) == round(read_metrics(trained_run)["test/acc"] * 500)
+    pixels, predictions = tensor(logged.TEST_WRONG_PIXELS), tensor(logged.TEST_WRONG_LABELS)
+    shown = min(int(cm.sum() - cm.trace()), 32)  # inspect.max_misclassified=32
+    assert pixels.shape == (shown, 28, 28) and predictions.shape == (shown, 3)
+    assert 0 <= pixels.min() and pixels.max() == 255  # the digits' own pixels, not normalised values
+    predicted, true, confidence = predictions.T
+    assert (predicted != true).all() and (confidence[:-1] >= confidence[1:]).all()  # most confident first
+    for p, t in zip(predicted.astype(int), true.astype(int), strict=True):
+        assert cm[t, p] > 0
 
 
 @pytest.mark.parametrize(

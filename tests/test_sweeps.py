@@ -1,4 +1,5 @@
-"""Multiruns as a user runs them: results table, failed jobs, joblib, Optuna, SLURM config, CPU DDP."""
+"""Multiruns as a user runs them: results table, failed jobs, joblib, Optuna, SLURM config, submitit's
+local executor, CPU DDP."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import TINY, read_metrics, run_cli, run_dirs
+from conftest import TINY, WARNING_LINE, read_metrics, run_cli, run_dirs
 from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -173,6 +174,30 @@ def test_slurm_launcher_and_ddp_compose(hydra_conf: None) -> None:
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.accelerator == "gpu"
     joblib = compose(config_name="config", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
     assert joblib.hydra.launcher._target_.endswith("JoblibLauncher")
+
+
+def test_submitit_local_runs_the_sweep_as_cluster_jobs(tmp_path: Path, mnist_root: Path) -> None:
+    # SLURM's path without a cluster: each job pickled, run by submitit in its own process, its
+    # result pickled back and collected by the launcher
+    proc, out = sweep(tmp_path, mnist_root, "hydra/launcher=submitit_local", "seed=1,2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Submitit 'local' sweep output dir" in proc.stdout + proc.stderr
+    rows = table_rows(out)
+    assert sorted(r["seed"] for r in rows) == ["1", "2"]
+    for row in rows:
+        m = read_metrics(out / row["dir"])
+        assert row["status"] == m["status"] == "completed" and m["epochs"] == 1
+        assert math.isclose(float(row["test/acc"]), m["test/acc"], abs_tol=1e-6)
+    md = (out / "results.md").read_text()
+    assert md.count("| completed |") == 2 and md in proc.stdout
+    submitted = sorted(out.glob(".submitit/*/*_submitted.pkl"))  # .submitit/<job id>/, one per job
+    assert len(submitted) == 2
+    for pickled in submitted:
+        job = pickled.parent
+        assert len(list(job.glob("*_result.pkl"))) == 1
+        logs = "".join(p.read_text() for p in job.glob("*_log.*"))
+        assert "Job completed successfully" in logs, logs[-3000:]
+        assert not WARNING_LINE.search(logs), logs[-3000:]  # a job's console is as quiet as a run's
 
 
 def test_ddp_on_two_cpu_processes(tmp_path: Path, mnist_root: Path) -> None:

@@ -1,0 +1,60 @@
+"""A run's TensorBoard event files, read back with TensorBoard's own reader.
+
+The report draws its curves from the scalars every run logs anyway and its test-set views from
+the tensors the inspection callback logs after testing (``TEST_TENSORS``), so a run has one
+record of what it did, the one TensorBoard shows. A run still training is read as far as it got.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+# what the inspection callback (mnist_lit/callbacks.py) logs after testing, as data
+TEST_CONFUSION = "inspect/test_confusion_counts"  # [classes, classes] int: rows true, columns predicted
+TEST_WRONG_PIXELS = "inspect/test_misclassified_pixels"  # [N, H, W] int 0..255, most confident first
+TEST_WRONG_LABELS = "inspect/test_misclassified_predictions"  # [N, 3] float: predicted, true, confidence
+
+# keep every scalar and tensor; of the pictures one each (they are not read, only skipped over)
+SIZES = {"scalars": 0, "tensors": 0, "images": 1, "audio": 1, "histograms": 1, "compressedHistograms": 1}
+
+
+class RunEvents:
+    """The scalars and tensors under ``RUN/tb`` (nothing, for a run that has no events yet)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._acc: Any = None
+        self._tags: dict[str, list[str]] = {}
+        tb = Path(run_dir) / "tb"
+        if not any(tb.glob("events.out.tfevents.*")):
+            return
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        # a resumed run's events past its checkpoint are dropped, as TensorBoard drops them, without
+        # TensorBoard's message per tag
+        logging.getLogger("tensorboard").setLevel(logging.ERROR)
+        self._acc = EventAccumulator(str(tb), size_guidance=SIZES)
+        self._acc.Reload()
+        self._tags = self._acc.Tags()
+
+    def scalars(self, tag: str) -> list[tuple[int, float]]:
+        """(optimizer step, value) of every logged value of ``tag``."""
+        if tag not in self._tags.get("scalars", ()):
+            return []
+        return [(e.step, e.value) for e in self._acc.Scalars(tag)]
+
+    def per_epoch(self, tag: str) -> list[tuple[int, float]]:
+        """(epoch, value), the first epoch 1: Lightning logs ``epoch`` beside every metric at its step."""
+        epochs = dict(self.scalars("epoch"))
+        return [
+            (int(epochs[s]) + 1 if s in epochs else i + 1, v) for i, (s, v) in enumerate(self.scalars(tag))
+        ]
+
+    def tensor(self, tag: str) -> Any | None:
+        """The last value of a logged tensor, as a numpy array (None when it was never logged)."""
+        if tag not in self._tags.get("tensors", ()):
+            return None
+        from tensorboard.util.tensor_util import make_ndarray
+
+        return make_ndarray(self._acc.Tensors(tag)[-1].tensor_proto)
