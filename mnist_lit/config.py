@@ -254,7 +254,10 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR, primary: str = "
 
 
 def check_options(group: str, value: str, options: list[str]) -> None:
-    """``group=a,b`` names options of the group (a sweep's choice(...), range(...) are Hydra's)."""
+    """``group=a,b`` and ``group=[a,b]`` name options of the group (a sweep's choice(...),
+    range(...) are Hydra's)."""
+    if value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]  # several options at once (logger=[tensorboard,csv])
     if any(c in value for c in "()[]{}$*"):
         return  # sweep syntax (choice(...), range(...), glob(...)) or an interpolation
     for choice in value.split(","):

@@ -45,11 +45,17 @@ class RunEvents:
         return [(e.step, e.value) for e in self._acc.Scalars(tag)]
 
     def per_epoch(self, tag: str) -> list[tuple[int, float]]:
-        """(epoch, value), the first epoch 1: Lightning logs ``epoch`` beside every metric at its step."""
-        epochs = dict(self.scalars("epoch"))
-        return [
-            (int(epochs[s]) + 1 if s in epochs else i + 1, v) for i, (s, v) in enumerate(self.scalars(tag))
-        ]
+        """(epoch, value), the first epoch 1.
+
+        TensorBoard holds no ``epoch`` scalar (mnist_lit/loggers.py leaves it out), but every
+        training epoch ends with one ``train/acc`` value at that epoch's last step: a value's epoch
+        is that of the nearest such step, which also holds when validation runs only every few
+        epochs and for a resumed run.
+        """
+        ends = [step for step, _ in self.scalars("train/acc")]
+        if not ends:
+            return [(i + 1, v) for i, (_, v) in enumerate(self.scalars(tag))]
+        return [(1 + min(range(len(ends)), key=lambda i: abs(ends[i] - s)), v) for s, v in self.scalars(tag)]
 
     def tensor(self, tag: str) -> Any | None:
         """The last value of a logged tensor, as a numpy array (None when it was never logged)."""

@@ -33,6 +33,10 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["mdel=twoconv"], ["mdel is not a key", "(did you mean model?)"]),
     (["model=twoconvv"], ["model=twoconvv is not an option of model (did you mean twoconv?)"]),
     (["logger=tensorbord"], ["logger=tensorbord is not an option of logger (did you mean tensorboard?)"]),
+    (
+        ["logger=[csv,tensorbord]"],
+        ["logger=tensorbord is not an option of logger (did you mean tensorboard?)"],
+    ),
     (["debug=fdrr"], ["debug=fdrr is not an option of debug (did you mean fdr?)", "limit, overfit"]),
     (["logger=null"], ["logger=null chooses nothing in Hydra: write ~logger"]),
     (["-m", "optim.lr=0.1,0.2", "optim.weight_decy=0,1"], ["did you mean optim.weight_decay?"]),

@@ -14,10 +14,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import TINY, read_metrics, run_cli
+from conftest import TINY, read_metrics, run_cli, train_run
 from PIL import Image
 
 from mnist_lit import figures
+from mnist_lit.events import RunEvents
 from mnist_lit.page import run_page, sweep_page
 from mnist_lit.report import build_report
 from mnist_lit.report import main as report_main
@@ -282,3 +283,22 @@ def test_confusion_figure_writes_every_count() -> None:
     assert [y for _, y in figures.smoothed([(0, 2.0), (1, 2.0), (2, 2.0)], span=5)] == pytest.approx(
         [2, 2, 2]
     )
+
+
+def test_curves_are_placed_at_their_epochs_when_validation_skips_some(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    """Validation every second epoch of four: its two points belong to epochs 2 and 4, not 1 and 2."""
+    overrides = [o for o in TINY if not o.startswith(("trainer.max_epochs", "trainer.limit_train_batches"))]
+    run = train_run(
+        tmp_path,
+        mnist_root,
+        *overrides,
+        "trainer.max_epochs=4",
+        "trainer.limit_train_batches=3",
+        "trainer.check_val_every_n_epoch=2",
+        "inspect.enabled=false",
+    )
+    events = RunEvents(run)
+    assert [epoch for epoch, _ in events.per_epoch("val/acc")] == [2, 4]
+    assert [epoch for epoch, _ in events.per_epoch("train/acc")] == [1, 2, 3, 4]
