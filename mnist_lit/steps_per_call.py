@@ -232,8 +232,8 @@ class GroupedClassifier(Classifier):
         """train/loss_step at ``step``, as Lightning writes it with one batch per call."""
         loss = loss.detach()
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
-        if self.logger is not None:
-            self.logger.log_metrics(
+        for logger in self.loggers:  # every logger, as self.log would reach them
+            logger.log_metrics(
                 {"train/loss_step": float(loss), "epoch": float(self.current_epoch)}, step=step
             )
 
