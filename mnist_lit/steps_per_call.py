@@ -59,7 +59,7 @@ def plan(cfg: DictConfig, trainer_args: dict[str, Any]) -> Plan:
     args = dict(trainer_args)
     # the model clips and counts batches itself; Lightning sees items of several batches
     clip = args.pop("gradient_clip_val", None)
-    algorithm = args.pop("gradient_clip_algorithm", "norm")
+    algorithm = args.get("gradient_clip_algorithm", "norm")  # stays, for Lightning to check
     limit = args.pop("limit_train_batches", None)  # counted in batches, not items
     if args.get("fast_dev_run"):  # true: one batch, as with one batch per item
         limit = int(args["fast_dev_run"])
