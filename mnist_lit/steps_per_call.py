@@ -109,11 +109,15 @@ class GroupedBatches:
     def __len__(self) -> int:
         return -(-self.num_batches // self.steps)
 
+    def items_done(self) -> int:
+        """Items of this epoch Lightning has completed (none known without a trainer)."""
+        return self.inner.done() if self.inner.done is not None else 0
+
     def batches_done(self) -> int:
-        return self.inner.steps_done() * self.steps if self.inner.done is not None else self.inner.served
+        return self.items_done() * self.steps if self.inner.done is not None else self.inner.served
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        first = self.inner.steps_done() * self.steps if self.inner.done is not None else 0
+        first = self.items_done() * self.steps
         item: list[torch.Tensor] = []
         for batch in self.inner.batches(first, self.num_batches):
             item.append(batch)
