@@ -27,10 +27,10 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from mnist_lit import events, render
 
 TAG = "inspect"
-# per-class accuracy scalars: named to sort after test/, train/ and val/ in TensorBoard, which
-# orders tag groups by name and opens only the first (mnist_lit/loggers.py LAYOUT draws them as
-# one chart per split)
-PER_CLASS = "zz_per_class"
+# per-class accuracy scalars: a tag group that sorts after acc/ and loss/ in TensorBoard's Scalars
+# tab, which opens only the first two (mnist_lit/events.py tensorboard_tag; mnist_lit/loggers.py
+# LAYOUT draws them as one chart per split)
+PER_CLASS = "per_class"
 
 
 def tensorboard_writer(trainer: L.Trainer) -> Any | None:

@@ -16,8 +16,31 @@ TEST_CONFUSION = "inspect/test_confusion_counts"  # [classes, classes] int: rows
 TEST_WRONG_PIXELS = "inspect/test_misclassified_pixels"  # [N, H, W] int 0..255, most confident first
 TEST_WRONG_LABELS = "inspect/test_misclassified_predictions"  # [N, 3] float: predicted, true, confidence
 
+# TensorBoard's names for the curves it should lead with (tensorboard_tag); every other metric keeps
+# its own name there
+TENSORBOARD_TAGS = {
+    "train/acc": "acc/train",
+    "val/acc": "acc/val",
+    "train/loss_epoch": "loss/train",
+    "val/loss": "loss/val",
+}
+
 # keep every scalar and tensor; of the pictures one each (they are not read, only skipped over)
 SIZES = {"scalars": 0, "tensors": 0, "images": 1, "audio": 1, "histograms": 1, "compressedHistograms": 1}
+
+
+def tensorboard_tag(name: str) -> str:
+    """The TensorBoard tag of a metric: ``acc/train``, ``acc/val``, ``loss/train``, ``loss/val``
+    for the four curves people look at first, the others as they are named everywhere else.
+
+    TensorBoard's Scalars tab groups tags by what comes before the first ``/``, sorts the groups
+    by name and opens only the first two. Grouped by split, that would be ``test`` (one point per
+    chart) and ``train``, with validation closed. So the four curves lead with the metric: the tab
+    opens on ``acc`` and ``loss``, each its train and val charts side by side. Then, closed:
+    ``per_class``, ``test``, ``train`` (the per-step loss, the learning rate) and ``val``
+    (``val/acc_best``). Checkpoints, metrics.json, the CSV and MLflow loggers keep ``val/acc``.
+    """
+    return TENSORBOARD_TAGS.get(name, name)
 
 
 class RunEvents:
@@ -38,13 +61,17 @@ class RunEvents:
         self._acc.Reload()
         self._tags = self._acc.Tags()
 
-    def scalars(self, tag: str) -> list[tuple[int, float]]:
-        """(optimizer step, value) of every logged value of ``tag``."""
-        if tag not in self._tags.get("scalars", ()):
+    def scalars(self, name: str) -> list[tuple[int, float]]:
+        """(optimizer step, value) of every logged value of the metric ``name`` (``val/acc``),
+        under its TensorBoard tag, or under the name itself in runs written before the tags led
+        with the metric."""
+        logged = self._tags.get("scalars", ())
+        tag = next((t for t in (tensorboard_tag(name), name) if t in logged), None)
+        if tag is None:
             return []
         return [(e.step, e.value) for e in self._acc.Scalars(tag)]
 
-    def per_epoch(self, tag: str) -> list[tuple[int, float]]:
+    def per_epoch(self, name: str) -> list[tuple[int, float]]:
         """(epoch, value), the first epoch 1.
 
         TensorBoard holds no ``epoch`` scalar (mnist_lit/loggers.py leaves it out), but every
@@ -54,8 +81,8 @@ class RunEvents:
         """
         ends = [step for step, _ in self.scalars("train/acc")]
         if not ends:
-            return [(i + 1, v) for i, (_, v) in enumerate(self.scalars(tag))]
-        return [(1 + min(range(len(ends)), key=lambda i: abs(ends[i] - s)), v) for s, v in self.scalars(tag)]
+            return [(i + 1, v) for i, (_, v) in enumerate(self.scalars(name))]
+        return [(1 + min(range(len(ends)), key=lambda i: abs(ends[i] - s)), v) for s, v in self.scalars(name)]
 
     def tensor(self, tag: str) -> Any | None:
         """The last value of a logged tensor, as a numpy array (None when it was never logged)."""

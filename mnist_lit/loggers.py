@@ -24,19 +24,26 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lit.building import build, factory
 from mnist_lit.callbacks import PER_CLASS
 from mnist_lit.config import config_groups, group_options
+from mnist_lit.events import tensorboard_tag
 
 # the scalars every run reports in metrics.json and as TensorBoard's HParams metrics
 FINAL_METRICS = ("val/acc_best", "test/acc", "test/loss")
 # config blocks that are about what a run writes, not what it trains: never hyperparameters
 OUTPUT_BLOCKS = ("inspect", "logger", "profiler")
 
-# TensorBoard's Custom Scalars tab: train and validation side by side, per-class accuracy as one
+
+def _exactly(*names: str) -> list[str]:
+    """Custom Scalars regexes matching these metrics' TensorBoard tags and nothing else."""
+    return [f"^{tensorboard_tag(n)}$" for n in names]
+
+
+# TensorBoard's Custom Scalars tab: train and validation in one chart, per-class accuracy as one
 # chart of ten lines per split (each entry a list of tag regexes)
 LAYOUT = {
     "loss and accuracy": {
-        "loss: train (epoch mean) and val": ["Multiline", [r"^train/loss_epoch$", r"^val/loss$"]],
-        "accuracy: train and val": ["Multiline", [r"^train/acc$", r"^val/acc$"]],
-        "learning rate": ["Multiline", [r"^train/lr$"]],
+        "loss: train (epoch mean) and val": ["Multiline", _exactly("train/loss_epoch", "val/loss")],
+        "accuracy: train and val": ["Multiline", _exactly("train/acc", "val/acc")],
+        "learning rate": ["Multiline", _exactly("train/lr")],
     },
     "per-class accuracy": {
         f"{split}: one line per digit": ["Multiline", [rf"^{PER_CLASS}/{split}_acc_\d$"]]
@@ -84,6 +91,8 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
 class TensorBoard(TensorBoardLogger):
     """Lightning's TensorBoardLogger writing ``<run>/tb``, arranged for the person who opens it.
 
+    - The train and val accuracy and loss curves lead with the metric (``acc/val``, ``loss/train``:
+      mnist_lit/events.py tensorboard_tag), so the Scalars tab opens on them.
     - No ``epoch`` scalar: Lightning adds the epoch number to every logged row, and as a chart it
       sorts before ``train/`` and ``val/`` in the Scalars tab (CSV and MLflow keep it as a column).
     - HParams typed as the values are: torch's helper, which Lightning uses, turns booleans into
@@ -98,13 +107,14 @@ class TensorBoard(TensorBoardLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+        super().log_metrics({tensorboard_tag(k): v for k, v in metrics.items() if k != "epoch"}, step)
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, metrics: Any = None) -> None:
         writer = self.experiment  # a SummaryWriter
         leading = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
-        for summary in hparams_summaries(dict(params), FINAL_METRICS, group_domains(params), leading):
+        metrics = [tensorboard_tag(m) for m in FINAL_METRICS]
+        for summary in hparams_summaries(dict(params), metrics, group_domains(params), leading):
             writer._get_file_writer().add_summary(summary)  # as Lightning's own log_hyperparams does
         writer.add_custom_scalars(LAYOUT)
 

@@ -19,6 +19,7 @@ from hydra import compose
 
 from mnist_lit.callbacks import PER_CLASS
 from mnist_lit.config import check_config
+from mnist_lit.events import tensorboard_tag
 from mnist_lit.loggers import FINAL_METRICS
 
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
@@ -66,12 +67,29 @@ def test_tensorboard_leads_with_train_and_val(sweep) -> None:
     _, jobs, output = sweep
     assert "GPU available: False, used: False" in output  # accelerator=auto, the default, on this CPU
     tags = set(tensorboard(jobs[0]).Tags()["scalars"])
-    assert {"train/loss_step", "train/loss_epoch", "train/acc", "train/lr", *FINAL_METRICS} <= tags
+    logged = {
+        "train/loss_step",
+        "train/loss_epoch",
+        "train/acc",
+        "train/lr",
+        "val/loss",
+        "val/acc",
+        *FINAL_METRICS,
+    }
+    assert {tensorboard_tag(m) for m in logged} <= tags
+    assert {"acc/train", "acc/val", "loss/train", "loss/val", "train/loss_step", "train/lr"} <= tags
     assert {f"{PER_CLASS}/{s}_acc_{d}" for s in ("val", "test") for d in range(10)} <= tags
     assert "epoch" not in tags  # a chart that would sort first
-    # TensorBoard orders tag groups by name and opens only the first: the run's own metrics lead
+    # TensorBoard orders tag groups by name and opens the first two: accuracy and loss, each with
+    # its train and val charts only; the rest follow, closed
     groups = sorted({t.split("/")[0] for t in tags})
-    assert groups[:3] == ["test", "train", "val"] and groups[3:] == [PER_CLASS]
+    assert groups == ["acc", "loss", PER_CLASS, "test", "train", "val"]
+    assert {t for t in tags if t.startswith(("acc/", "loss/"))} == {
+        "acc/train",
+        "acc/val",
+        "loss/train",
+        "loss/val",
+    }
 
 
 def test_custom_scalars_layout_draws_logged_tags(sweep) -> None:
@@ -95,6 +113,7 @@ def test_hparams_are_typed_and_define_the_run(sweep) -> None:
     _, jobs, _ = sweep
     experiment, start = hparams_of_events(jobs[1])
     assert [m.name.tag for m in experiment.metric_infos] == list(FINAL_METRICS)
+    assert set(FINAL_METRICS) <= set(tensorboard(jobs[1]).Tags()["scalars"])  # the columns have values
     infos = {h.name: h for h in experiment.hparam_infos}
     assert set(infos) == set(start.hparams)
     for name in infos:

@@ -16,6 +16,7 @@ from mnist_lit.steps_per_call import GroupedBatches
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar of the run, by TensorBoard tag (``train/lr``, ``loss/val``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
