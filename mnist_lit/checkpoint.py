@@ -1,5 +1,8 @@
 """Checkpoints for inference: found from a file or a run directory, loaded as weights only.
 
+Which file a ``ckpt=`` path names, and several checkpoints at once (a sweep folder, a list) as
+one model, are in mnist_lit/ensemble.py.
+
 A checkpoint is data, not a program: ``torch.load(weights_only=True)`` refuses any pickled
 object beyond tensors and plain containers, and the backbone is rebuilt here from the run
 config saved in the file, only from classes under ``mnist_lit.models`` with plain-value
@@ -21,9 +24,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from mnist_lit.ensemble import resolve_checkpoint
 from mnist_lit.errors import UserError, one_line
 from mnist_lit.images import MEAN, STD, normalize
-from mnist_lit.rundir import checkpoints_folder, evaluation_checkpoint, run_dir_of
+from mnist_lit.rundir import run_dir_of
 
 MODELS_PACKAGE = "mnist_lit.models"
 CONF_MODELS = Path(__file__).resolve().parent / "conf" / "model"
@@ -56,6 +60,11 @@ class LoadedModel:
         """uint8 [N,28,28] -> float [N,1,28,28] standardised as the run trained on it."""
         return normalize(images, self.mean, self.std)
 
+    def to(self, device: torch.device) -> LoadedModel:
+        """The backbone moved to ``device``, where ``logits`` runs it (an Ensemble moves each member)."""
+        self.backbone.to(device)
+        return self
+
     def logits(self, images: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
         """float32 logits [N, 10], on the CPU, of uint8 images [N,28,28], ``batch_size`` at a time
         on ``device`` (where the backbone is)."""
@@ -75,21 +84,6 @@ class LoadedModel:
         run_data = self.config.get("data", {})
         folder = root or run_data.get("root") or "data"
         return load_mnist(folder, train=False, download=bool(run_data.get("download", False)))
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A .ckpt file as given, or for a run directory its best checkpoint (else its last.ckpt)."""
-    p = Path(str(path)).expanduser()
-    if p.is_file():
-        return p
-    if not p.exists():
-        raise UserError(
-            f"ckpt={str(path)!r}: no such file or directory (give a .ckpt file or a run directory)"
-        )
-    found = evaluation_checkpoint(p)
-    if found is None:
-        raise UserError(f"ckpt={str(path)!r}: no .ckpt file in {checkpoints_folder(p)}")
-    return found
 
 
 def _numpy_globals() -> list[Any]:
@@ -162,6 +156,13 @@ def architecture_name(model_cfg: Mapping[str, Any] | None) -> str:
     return f"{names[0]} ({target})" if names else target
 
 
+def plain(value: Any) -> bool:
+    """A number, string, boolean or None, or a list of them (a stack's widths): data, not code."""
+    if isinstance(value, list | tuple):
+        return all(isinstance(v, PLAIN) for v in value)
+    return isinstance(value, PLAIN)
+
+
 def build_backbone(model_cfg: Mapping[str, Any]) -> nn.Module:
     """The nn.Module a model config names, restricted to mnist_lit.models with plain arguments."""
     target = model_cfg.get("_target_")
@@ -171,9 +172,12 @@ def build_backbone(model_cfg: Mapping[str, Any]) -> nn.Module:
             f"{MODELS_PACKAGE} (one of: {', '.join(known_architectures())})"
         )
     kwargs = {k: v for k, v in model_cfg.items() if not str(k).startswith("_")}
-    bad = [k for k, v in kwargs.items() if not isinstance(v, PLAIN)]
+    bad = [k for k, v in kwargs.items() if not plain(v)]
     if bad:
-        raise UserError(f"model.{bad[0]} of {target} is not allowed: model arguments must be plain values")
+        raise UserError(
+            f"model.{bad[0]} of {target} is not allowed: model arguments must be plain values "
+            "or lists of them"
+        )
     module_name, _, cls_name = target.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)

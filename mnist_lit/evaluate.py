@@ -5,12 +5,18 @@ on the official test set: accuracy and loss exactly as the run's own test step d
 accuracy, the confusion matrix, and accuracy on test digits shifted by a few pixels in each
 direction and rotated by a few degrees either way. Prints tables and writes evaluation.json,
 confusion_matrix.png and robustness.png.
+
+With several checkpoints (``ckpt=SWEEP_DIR``, ``ckpt=[A,B]``) each member's test accuracy and
+loss come first, and everything else is measured on the ensemble: the mean of the members'
+softmax probabilities (mnist_lit/ensemble.py).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +25,7 @@ from omegaconf import DictConfig
 
 from mnist_lit.cli import COMMON, model_override, run_command, torch_device, user_errors
 from mnist_lit.config import boolean, check_rules, int_list, integer, optional_path, optional_positive_int
+from mnist_lit.ensemble import FORMS, Ensemble, ckpt_value, load_models, quote_ckpt_list
 from mnist_lit.record import read_metrics, write_json
 
 if TYPE_CHECKING:
@@ -30,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RULES = {
     **COMMON,
+    "ckpt": (ckpt_value, FORMS),
     "limit": (optional_positive_int, "null or an integer >= 1 (test images)"),
     "skip": (lambda x: integer(x) and 0 <= x < 10_000, "an integer in 0..9999 (test images)"),
     "batch_size": (optional_positive_int, "null or an integer >= 1"),
@@ -39,6 +47,8 @@ RULES = {
     "robustness.angles": (int_list(1, 180), "a list of degrees in 1..180, e.g. [5,10,15]"),
 }
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+# an ensemble whose members come from different folders: its files go under ./outputs
+ENSEMBLES = Path("outputs") / "ensembles"
 
 
 def shift(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -62,19 +72,24 @@ def rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
 
 
 class Evaluator:
-    """Runs a loaded model over uint8 test images in fixed batches, the way the run's test step does."""
+    """Runs a loaded model over uint8 test images in fixed batches, the way the run's test step does.
 
-    def __init__(self, model: LoadedModel, device: torch.device, batch_size: int) -> None:
+    The model is one checkpoint (LoadedModel) or an Ensemble, whose logits are the log of its
+    members' mean probabilities: the same measures then score the ensemble.
+    """
+
+    def __init__(self, model: LoadedModel | Ensemble, device: torch.device, batch_size: int) -> None:
         self.model = model
         self.device = device
         self.batch_size = batch_size
-        model.backbone.to(device)
+        model.to(device)
 
     def batches(
-        self, images: torch.Tensor, labels: torch.Tensor
+        self, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(logits, labels) of each batch of ``batch_size`` images."""
-        logits = self.model.logits(images, self.device, self.batch_size)
+        """(logits, labels) of each batch of ``batch_size`` images; ``logits`` when already computed."""
+        if logits is None:
+            logits = self.model.logits(images, self.device, self.batch_size)
         return zip(logits.split(self.batch_size), labels.split(self.batch_size), strict=True)
 
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -85,19 +100,22 @@ class Evaluator:
             acc.update(logits, y)
         return float(acc.compute())
 
-    def report(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-        """Accuracy, loss, per-class accuracy and confusion matrix, accumulated batch by batch."""
+    def report(
+        self, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """Accuracy, loss, per-class accuracy and confusion matrix, accumulated batch by batch
+        (from ``logits`` of these images when given, so an ensemble's members run once)."""
         from torch.nn import functional as F
         from torchmetrics import MeanMetric
         from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
         acc, per_class = MulticlassAccuracy(10, average="micro"), MulticlassAccuracy(10, average="none")
         loss, confusion = MeanMetric(), MulticlassConfusionMatrix(10)
-        for logits, y in self.batches(images, labels):
-            acc.update(logits, y)
-            per_class.update(logits, y)
-            confusion.update(logits, y)
-            loss.update(F.cross_entropy(logits, y), weight=len(y))
+        for z, y in self.batches(images, labels, logits):
+            acc.update(z, y)
+            per_class.update(z, y)
+            confusion.update(z, y)
+            loss.update(F.cross_entropy(z, y), weight=len(y))
         return {
             "acc": float(acc.compute()),
             "loss": float(loss.compute()),
@@ -126,13 +144,20 @@ class Evaluator:
 
 
 def print_tables(result: dict[str, Any]) -> None:
+    """The tables of evaluation.json: for an ensemble a row per member first, then its own."""
     test, run = result["test"], result.get("run") or {}
-    print(f"checkpoint   {result['checkpoint']}")
-    print(f"architecture {result['architecture']}")
     first = test.get("first_image", 0)
-    print(f"test images  {test['images']}" + (f" (from image {first} on)" if first else ""))
-    print(f"test/acc     {test['acc']:.4f}")
-    print(f"test/loss    {test['loss']:.4f}")
+    images = f"test images  {test['images']}" + (f" (from image {first} on)" if first else "")
+    of = ""
+    if result.get("members"):
+        print_members(result, images)
+        of = " of the ensemble"
+    else:
+        print(f"checkpoint   {result['checkpoint']}")
+        print(f"architecture {result['architecture']}")
+        print(images)
+        print(f"test/acc     {test['acc']:.4f}")
+        print(f"test/loss    {test['loss']:.4f}")
     if run.get("test/acc") is not None:
         if first:
             same = "skip=0 to compare"
@@ -144,18 +169,42 @@ def print_tables(result: dict[str, Any]) -> None:
             f"run's own test/acc {run['test/acc']:.4f} on its first {run['test_images']} test images "
             f"(its metrics.json; {same})"
         )
-    print("\nper-class accuracy\n digit  images  accuracy")
+    print(f"\nper-class accuracy{of}\n digit  images  accuracy")
     for d, acc in test["per_class_acc"].items():
         print(f"   {d}    {test['per_class_images'][d]:6d}   {acc:.4f}")
-    print("\nconfusion matrix (rows true, columns predicted)")
+    print(f"\nconfusion matrix{of} (rows true, columns predicted)")
     print("      " + "".join(f"{d:>6}" for d in range(10)))
     for d, row in enumerate(test["confusion_matrix"]):
         print(f"  {d}   " + "".join(f"{v:>6}" for v in row))
     if result.get("robustness"):
         clean = result["robustness"][0]["acc"]
-        print("\nrobustness\n transform      amount  accuracy  change")
+        print(f"\nrobustness{of}\n transform      amount  accuracy  change")
         for r in result["robustness"]:
             print(f" {r['transform']:<13} {amount(r):>7}  {r['acc']:.4f}   {r['acc'] - clean:+.4f}")
+
+
+def print_members(result: dict[str, Any], images: str) -> None:
+    """A row per member (checkpoint, architecture, test/acc, test/loss) and one for the ensemble."""
+    members, ensemble = result["members"], result["ensemble"]
+    home = result.get("members_in")
+    print(f"ensemble of {ensemble['members']} checkpoints: the mean of their softmax probabilities")
+    if home:
+        print(f"members in   {home}")
+    print(images + "\n")
+    names = [member_name(m["checkpoint"], home) for m in members]
+    wide = max(len("checkpoint"), *(len(n) for n in names))
+    arch = max(len("architecture"), *(len(m["architecture"]) for m in members))
+    print(f" {'checkpoint':<{wide}}  {'architecture':<{arch}}  test/acc  test/loss")
+    for name, m in zip(names, members, strict=True):
+        print(f" {name:<{wide}}  {m['architecture']:<{arch}}  {m['acc']:.4f}    {m['loss']:.4f}")
+    print(f" {'ensemble':<{wide}}  {'':<{arch}}  {ensemble['acc']:.4f}    {ensemble['loss']:.4f}")
+
+
+def member_name(checkpoint: str, home: str | None) -> str:
+    """A member's checkpoint path, relative to the folder all members are in when there is one."""
+    if home and Path(checkpoint).resolve().is_relative_to(home):
+        return str(Path(checkpoint).resolve().relative_to(home))
+    return checkpoint
 
 
 def amount(row: dict[str, Any]) -> str:
@@ -168,10 +217,9 @@ def amount(row: dict[str, Any]) -> str:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Everything the command reports, as the dict written to evaluation.json."""
     from mnist_lit import figures
-    from mnist_lit.checkpoint import load_for_inference
 
+    model = load_models(cfg.ckpt, model_override(cfg))
     device = torch_device(cfg.device, cfg.threads)
-    model = load_for_inference(cfg.ckpt, model_override(cfg))
     images, labels = model.test_set(cfg.data.root)
     skip = int(cfg.get("skip") or 0)
     images, labels = images[skip:], labels[skip:]
@@ -179,24 +227,69 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         images, labels = images[: cfg.limit], labels[: cfg.limit]
     run_batch = model.config.get("data", {}).get("eval_batch_size", 1000)
     evaluator = Evaluator(model, device, cfg.batch_size or int(run_batch))
-    result: dict[str, Any] = {
-        "checkpoint": str(model.path),
-        "architecture": model.architecture,
-        "test": {"first_image": skip, **evaluator.report(images, labels)},
-        "run": {"test/acc": run_test_acc(model.run_dir), "test_images": run_test_images(model.config)},
-    }
+    if isinstance(model, Ensemble):
+        result = score_ensemble(model, evaluator, images, labels)
+        result["test"] = {"first_image": skip, **result["test"]}
+    else:
+        result = {
+            "checkpoint": str(model.path),
+            "architecture": model.architecture,
+            "test": {"first_image": skip, **evaluator.report(images, labels)},
+            "run": {"test/acc": run_test_acc(model.run_dir), "test_images": run_test_images(model.config)},
+        }
     if cfg.robustness.enabled:
         shifts, angles = list(cfg.robustness.shifts), list(cfg.robustness.angles)
         result["robustness"] = evaluator.robustness(images, labels, shifts, angles)
-    out = Path(cfg.out) if cfg.out else model.run_dir / "evaluation"
+    out = output_folder(cfg.out, model)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "evaluation.json", result)
     title = f"test confusion matrix ({result['test']['images']} digits)"
+    if isinstance(model, Ensemble):
+        title = f"ensemble of {len(model.members)}: {title}"
     figures.save(figures.confusion(result["test"]["confusion_matrix"], title), out / "confusion_matrix.png")
     if result.get("robustness"):
         figures.save(figures.robustness(result["robustness"]), out / "robustness.png")
     result["out"] = str(out)
     return result
+
+
+def score_ensemble(
+    ensemble: Ensemble, evaluator: Evaluator, images: torch.Tensor, labels: torch.Tensor
+) -> dict[str, Any]:
+    """Each member's test/acc and test/loss, scored as its own checkpoint would be, and the
+    ensemble's full report (``evaluator``'s) from the same logits: each member runs once."""
+    logits = ensemble.member_logits(images, evaluator.device, evaluator.batch_size)
+    members = []
+    for member, z in zip(ensemble.members, logits, strict=True):
+        own = Evaluator(member, evaluator.device, evaluator.batch_size).report(images, labels, z)
+        members.append(
+            {"checkpoint": str(member.path), "architecture": member.architecture, "acc": own["acc"],
+             "loss": own["loss"]}
+        )  # fmt: skip
+    test = evaluator.report(images, labels, Ensemble.combine(logits))
+    result: dict[str, Any] = {
+        "checkpoint": [m["checkpoint"] for m in members],
+        "architecture": ensemble.architecture,
+        "members": members,
+        "ensemble": {"acc": test["acc"], "loss": test["loss"], "members": len(members)},
+        "test": test,
+    }
+    if ensemble.home is not None:
+        result["members_in"] = str(ensemble.home)
+    return result
+
+
+def output_folder(out: str | None, model: LoadedModel | Ensemble) -> Path:
+    """``out``, else beside what was evaluated: the run's evaluation/, the sweep's evaluation/
+    for an ensemble of its jobs, or outputs/ensembles/DATE/TIME for members from anywhere."""
+    if out:
+        return Path(out)
+    if not isinstance(model, Ensemble):
+        return model.run_dir / "evaluation"
+    if model.home is not None:
+        return model.home / "evaluation"
+    now = datetime.now()
+    return ENSEMBLES / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S-%f")
 
 
 def run_test_acc(run_dir: Path) -> float | None:
@@ -229,4 +322,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_ckpt_list(sys.argv[1:])
     run_command(main, "evaluate")

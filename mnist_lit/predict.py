@@ -3,7 +3,9 @@
 A photo or drawing is not an MNIST digit until it looks like one: light ink on a black
 background, cropped to the ink, scaled so its longer side is 20 pixels, and placed in a 28x28
 frame with its centre of mass in the middle. This module does that to any image Pillow reads
-(grayscale, RGB, palette, with or without alpha, either polarity), then predicts in one batch.
+(grayscale, RGB, palette, with or without alpha, either polarity), then predicts in one batch,
+with one checkpoint or an ensemble of several (the mean of their probabilities; ``ckpt=`` as for
+evaluate: a sweep folder or a list).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from omegaconf import DictConfig, ListConfig
 
 from mnist_lit.cli import COMMON, model_override, run_command, torch_device, user_errors
 from mnist_lit.config import check_rules
+from mnist_lit.ensemble import FORMS, ckpt_value, load_models, quote_ckpt_list
 from mnist_lit.errors import UserError
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RULES = {
     **COMMON,
+    "ckpt": (ckpt_value, FORMS),
     "invert": (lambda x: x in ("auto", True, False), "auto, true or false"),
     "preview": (lambda x: x is None or (isinstance(x, str) and x.endswith(".png")), "null or a .png path"),
 }
@@ -165,13 +169,11 @@ def to_mnist(img: Image.Image, invert: str | bool = "auto") -> torch.Tensor:
 def predict(cfg: DictConfig) -> list[Prediction | tuple[Path, str]]:
     """For each file in order: its Prediction, or (file, reason) when it could not be read."""
     files = expand(cfg.images)  # before torch loads, so a mistyped path answers at once
+    model = load_models(cfg.ckpt, model_override(cfg))  # ckpt= paths too, then torch loads
     import torch
 
-    from mnist_lit.checkpoint import load_for_inference
-
     device = torch_device(cfg.device, cfg.threads)
-    model = load_for_inference(cfg.ckpt, model_override(cfg))
-    model.backbone.to(device)
+    model.to(device)
     results: list[Prediction | tuple[Path, str]] = []
     read: list[tuple[int, Path, torch.Tensor]] = []
     for path in files:
@@ -221,4 +223,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_ckpt_list(sys.argv[1:])
     run_command(main, "predict")
