@@ -62,6 +62,10 @@ def optional_positive_int(x: Any) -> bool:
     return x is None or positive_int(x)
 
 
+def optional_non_negative_int(x: Any) -> bool:
+    return x is None or (integer(x) and x >= 0)
+
+
 def fraction(x: Any) -> bool:
     return number(x) and 0 <= x <= 1
 
@@ -143,6 +147,12 @@ RULES: Rules = {
     "compile": (boolean, "true or false"),
     "channels_last": (boolean, "true or false"),
     "steps_per_call": (lambda x: x == "auto" or positive_int(x), "auto or an integer >= 1"),
+    "label_smoothing": (lambda x: number(x) and 0 <= x < 1, "a number in [0, 1)"),
+    "ema.enabled": (boolean, "true or false"),
+    "ema.decay": (lambda x: number(x) and 0 < x < 1, "a number in (0, 1)"),
+    "ema.warmup": (boolean, "true or false"),
+    "ema.update_every_n_steps": (positive_int, "an integer >= 1"),
+    "ema.update_starting_at_step": (optional_non_negative_int, "null or an integer >= 0"),
 }
 
 # what steps_per_call=auto means where nothing rules it out: Lightning's per-call work then costs

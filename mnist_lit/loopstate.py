@@ -1,4 +1,4 @@
-"""Every read or write of Lightning's loop state in the package, in one place.
+"""Every read or write of Lightning's loop state (and other private state) in the package, in one place.
 
 Two features need it: several optimizer steps per Lightning training step (``steps_per_call``,
 mnist_lit/steps_per_call.py) and the exact mid-epoch resume (the data module restarts an epoch
@@ -115,3 +115,27 @@ def carry_over(checkpoint: dict[str, Any], saved: int, now: int) -> None:
     for key in position["current"]:
         position["total"][key] += offset
         position["current"][key] = done
+
+
+def set_average_fn(callback: Any, avg_fn: Callable[..., Any]) -> None:
+    """Make a WeightAveraging callback average with ``avg_fn``: it hands its private ``_kwargs`` to
+    torch's AveragedModel at setup, and EMAWeightAveraging fixes ``avg_fn`` there."""
+    kwargs = getattr(callback, "_kwargs", None)
+    if not isinstance(kwargs, dict) or "avg_fn" not in kwargs:
+        raise LoopStateChanged(f"{type(callback).__name__}._kwargs['avg_fn'] (the AveragedModel arguments)")
+    kwargs["avg_fn"] = avg_fn
+
+
+def use_averaged_weights(checkpoint: dict[str, Any], fitting: bool) -> None:
+    """Outside fit, a weight-averaged checkpoint's weights are its average, whoever loads it.
+
+    Lightning's WeightAveraging (the ``ema:`` switch, or one added under ``callbacks.``) saves the
+    average as ``state_dict`` and the trained weights as ``current_model_state``. When the file is
+    loaded again while the callback still holds its average (``trainer.test(ckpt_path=best)`` after
+    fit), the callback puts ``current_model_state`` into the module, so the test would measure the
+    trained weights, not the average that validation chose the checkpoint by. This hook runs
+    before the callback's, so pointing ``current_model_state`` at the average keeps the average.
+    A resumed fit restores both, as saved.
+    """
+    if not fitting and "current_model_state" in checkpoint:
+        checkpoint["current_model_state"] = checkpoint["state_dict"]

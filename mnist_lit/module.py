@@ -7,11 +7,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnist_lit import loopstate
 from mnist_lit.building import build
 from mnist_lit.errors import UserError
 
@@ -73,6 +75,8 @@ class Classifier(L.LightningModule):
 
     ``optimizer`` and ``scheduler`` are partials (Hydra ``_partial_: true``); a scheduler with
     ``interval="step"`` also receives ``total_steps`` and ``steps_per_epoch`` from the Trainer.
+    ``label_smoothing`` applies to the training loss only (``loss``): validation and test losses
+    stay plain cross-entropy, comparable between runs with and without it.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class Classifier(L.LightningModule):
         config: dict[str, Any] | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         # the composed run config travels in every checkpoint, so the model can be rebuilt
@@ -97,6 +102,7 @@ class Classifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.interval = interval
+        self.label_smoothing = float(label_smoothing)
         self.train_totals = TrainTotals()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -112,10 +118,15 @@ class Classifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
 
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss, the one place it is formed: every training path (one batch per call,
+        or several, mnist_lit/steps_per_call.py) minimises and logs this."""
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        loss = self.loss(logits, y)
         # Each self.log call costs about as much as a tiny network's forward pass, so the epoch
         # values accumulate in one metric and self.log runs only on the steps the logger writes
         # (every trainer.log_every_n_steps); the tags stay train/loss_step, train/loss_epoch, train/acc.
@@ -202,3 +213,5 @@ class Classifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.saved_schedule_steps = checkpoint.get("schedule_steps")
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        loopstate.use_averaged_weights(checkpoint, fitting)

@@ -24,7 +24,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
-from torch.nn import functional as F
 
 from mnist_lit import loopstate
 from mnist_lit.config import resolve_steps_per_call
@@ -213,7 +212,7 @@ class GroupedClassifier(Classifier):
                 loopstate.add_logger_steps(trainer, 1)
             hooks.start(trainer, self, (x, y), index)
             logits = self(x)
-            loss = F.cross_entropy(logits, y)
+            loss = self.loss(logits, y)
             check_finite(trainer, loss, self.gradient_clip_val, batch=index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

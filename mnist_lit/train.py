@@ -17,10 +17,16 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    WeightAveraging,
+)
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lit import steps_per_call
+from mnist_lit import averaging, steps_per_call
 from mnist_lit.building import build, factory, reason
 from mnist_lit.callbacks import from_config as inspection
 from mnist_lit.checkpoint import check_resume
@@ -63,7 +69,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build("data", factory("data", cfg.data), **grouping.data_args)
     model = build_model(cfg, grouping.model_class, **grouping.model_args)
     ckpt_path = str(find_checkpoint(str(cfg.ckpt_path))) if cfg.ckpt_path else None
-    check_room(out_dir, "output directory", 3 * checkpoint_bytes(model))  # now, not after an hour of training
+    # now, not after an hour of training; an averaged run's checkpoints hold a second copy of the weights
+    slots = 3 if OmegaConf.select(cfg, "ema.enabled", default=False) else 2
+    check_room(out_dir, "output directory", 3 * checkpoint_bytes(model, optimizer_slots=slots))
     stop = GracefulStop()
     loggers = build_loggers(cfg, out_dir)
     profiler = build_profiler(cfg, out_dir)
@@ -215,7 +223,9 @@ def route_lightning_logs() -> None:
     # Lightning counts training steps, which with steps_per_call are groups of batches; the package
     # logs per optimizer step (every log_every_n_steps batches), so its advice does not apply
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than")
-    # weight averaging (callbacks.ema): testing the best checkpoint tests its averaged weights, as meant
+    # weight averaging (ema.enabled, or one under callbacks.) warns when a checkpoint is loaded outside
+    # fit by a trainer whose callback holds no average; the module then holds the checkpoint's
+    # state_dict, which is the average: testing or evaluating it uses the average, as meant
     warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback, but loading")
     # a resumed run's checkpoints folder holds its earlier checkpoints (a new run's is always empty)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -246,6 +256,7 @@ def build_model(cfg: DictConfig, model_class: type[Classifier] = Classifier, **m
         config=OmegaConf.to_container(cfg, resolve=True),
         channels_last=bool(cfg.get("channels_last", False)),
         compile=bool(cfg.get("compile", False)),
+        label_smoothing=float(cfg.get("label_smoothing", 0.0)),
         **model_args,
     )
 
@@ -299,9 +310,20 @@ def quiet_cuda_probe(cfg: DictConfig) -> None:
 
 
 def extra_callbacks(cfg: DictConfig) -> list[Callback]:
-    callbacks: list[Callback] = [*inspection(cfg.get("inspect"))]
+    """The configured callbacks: inspection views, the weight average, ``callbacks.*``, early stopping.
+
+    The average comes after the inspection views: callbacks run in this order, so the views drawn
+    at the end of a validation see the averaged weights it validated, before they are swapped back.
+    """
+    callbacks: list[Callback] = [*inspection(cfg.get("inspect")), *averaging.from_config(cfg.get("ema"))]
     for name, node in (cfg.get("callbacks") or {}).items():  # any Lightning callback, by its _target_
         callbacks.append(build(f"callbacks.{name}", factory(f"callbacks.{name}", node)))
+    averages = [type(c).__name__ for c in callbacks if isinstance(c, WeightAveraging)]
+    if len(averages) > 1:  # each would swap its own average in and out of the same weights
+        raise UserError(
+            f"more than one weight average ({', '.join(averages)}): use ema.enabled=true or one "
+            "WeightAveraging under callbacks., not both"
+        )
     es = cfg.early_stopping
     if es.enabled:
         settings = OmegaConf.to_container(es, resolve=True)
