@@ -35,7 +35,17 @@ def assert_loads_as_weights_only(state: dict) -> None:
 
 def test_groups_offer_the_documented_options() -> None:
     assert options("model") == sorted(
-        ["oneconv", "twoconv", "resnet", "tutorialnet", "convnet", "sepconv", "bnconvnet", "examplesnet"]
+        [
+            "oneconv",
+            "twoconv",
+            "resnet",
+            "tutorialnet",
+            "convnet",
+            "sepconv",
+            "bnconvnet",
+            "examplesnet",
+            "vggnet",
+        ]
     )
     assert options("optim") == sorted(["sgd", "adam", "adamw", "nadam", "adadelta"])
     assert set(options("sched")) >= {"constant", "steplr", "warmup", "onecycle"}

@@ -54,3 +54,37 @@ def test_models_train_without_lightning() -> None:
     opt.step()
     assert all(not torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))
     assert nn.functional.cross_entropy(net(x), y) < loss.detach() - 1e-3  # one step, clearly lower
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "params"),
+    [
+        ({}, 349_610),  # conf/model/vggnet.yaml: 32, 64, 128 channels, two convs each
+        ({"widths": [16, 32, 64]}, 103_386),
+        ({"widths": [16, 32, 64], "depth": 3, "head": "pool"}, 121_274),
+    ],
+)
+def test_vggnet_sizes_itself_from_its_arguments(kwargs: dict, params: int) -> None:
+    net = models.VGGNet(**kwargs).eval()
+    assert sum(p.numel() for p in net.parameters()) == params
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 3 * kwargs.get("depth", 2)
+    assert all(m.kernel_size == (3, 3) and m.bias is None for m in convs)  # the batch norm has the bias
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == len(convs)
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"widths": []}, "widths"),
+        ({"widths": [8, 8, 8, 8]}, "1 to 3 stages"),
+        ({"depth": 0}, "depth"),
+        ({"head": "avg"}, "head"),
+        ({"dropout": 1.0}, "dropout"),
+    ],
+)
+def test_vggnet_refuses_shapes_it_cannot_build(kwargs: dict, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        models.VGGNet(**kwargs)

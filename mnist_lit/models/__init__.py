@@ -1,4 +1,4 @@
-"""Plain ``nn.Module`` backbones, one per seed report; none of them imports Lightning."""
+"""Plain ``nn.Module`` backbones, one per seed report and VGGNet for accuracy; none imports Lightning."""
 
 from mnist_lit.models.bnconvnet import BNConvNet
 from mnist_lit.models.convnet import ConvNet
@@ -8,6 +8,7 @@ from mnist_lit.models.resnet import ResNet8
 from mnist_lit.models.sepconv import SepConv
 from mnist_lit.models.tutorialnet import TutorialNet
 from mnist_lit.models.twoconv import TwoConv
+from mnist_lit.models.vggnet import VGGNet
 
 __all__ = [
     "BNConvNet",
@@ -18,4 +19,5 @@ __all__ = [
     "SepConv",
     "TutorialNet",
     "TwoConv",
+    "VGGNet",
 ]
