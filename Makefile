@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+# test files run in this many processes side by side (pytest-xdist; a file's tests stay together,
+# so its shared fixtures are made once); 0 runs them one after another in this process
+TEST_WORKERS ?= 2
 
 .PHONY: install train test lint format tensorboard bench clean
 
@@ -19,7 +22,7 @@ train: $(STAMP)
 	$(BIN)/python -m mnist_lit $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
