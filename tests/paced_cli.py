@@ -5,6 +5,9 @@
   test a reliable moment to send SIGINT or SIGTERM while training is under way.
 * ``POISON_AT=epoch:batch``: that batch's images are replaced by NaN, so its loss is NaN.
 * ``PACE_TRACE=1``: every batch prints its epoch, index, label sum and the weights' sum.
+* ``PACE_START=seconds``: right after the run seeds itself (train() has started; the data, the
+  model and the Trainer come next), print ``PACE start`` and sleep that long: a moment to stop a
+  run while it starts that does not depend on how fast the machine is.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import time
 from typing import Any
 
+import lightning
 from lightning.pytorch.callbacks import Callback
 
 import mnist_lit.guards as guards
@@ -54,6 +58,17 @@ def paced_callbacks(*args: Any, _original: Any = guards.guard_callbacks, **kwarg
 
 
 guards.guard_callbacks = paced_callbacks
+
+
+def paced_seed(*args: Any, _original: Any = lightning.seed_everything, **kwargs: Any) -> int:
+    seed = _original(*args, **kwargs)
+    if os.environ.get("PACE_START"):
+        print("PACE start", flush=True)
+        time.sleep(float(os.environ["PACE_START"]))
+    return seed
+
+
+lightning.seed_everything = paced_seed  # mnist_lit.train calls lightning.seed_everything
 
 if __name__ == "__main__":
     main()

@@ -104,12 +104,14 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_is_left(tmp_path: Path, mni
 
 def test_ctrl_c_while_starting_leaves_no_run_folder(tmp_path: Path, mnist_root: Path) -> None:
     """Stopped before training began: nothing to save, and no half-made run folder is left."""
-    run = paced(*EXACT, cwd=tmp_path, env=env_for(mnist_root))
+    # the run waits after seeding (train() has started; the data and the Trainer come next) until
+    # the signal comes, however slow the machine is
+    run = paced(*EXACT, cwd=tmp_path, env=env_for(mnist_root, PACE_START="60"))
     seen: list[str] = []
     assert run.stdout is not None
     for line in run.stdout:
         seen.append(line)
-        if "Seed set to" in line:  # train() has started; the data and the Trainer come next
+        if line.strip() == "PACE start":
             break
     run.send_signal(signal.SIGINT)
     rest, _ = run.communicate(timeout=60)
