@@ -48,6 +48,12 @@ def env_for(mnist_root: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def as_from_a_terminal() -> None:
+    """Ctrl-C's default action, as a shell gives it: a test runner's worker may ignore SIGINT,
+    and a child started from it would inherit that and never see Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def paced(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "paced_cli", *args],
@@ -56,6 +62,7 @@ def paced(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=as_from_a_terminal,
     )
 
 
