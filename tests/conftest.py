@@ -104,22 +104,114 @@ def mnist_root() -> Path:
         pytest.exit(f"error: {err}", returncode=2)
 
 
+class ForkServer:
+    """One tests/forked_cli.py process: commands as its forked children, one at a time."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("forked_cli.py"))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        )  # fmt: skip
+        ready = self.read(600)
+        assert "ready" in ready, f"tests/forked_cli.py did not start: {ready}"
+
+    def read(self, timeout: float) -> dict:
+        import select
+
+        assert self.proc.stdout is not None
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            return {}
+        line = self.proc.stdout.readline()
+        return json.loads(line) if line else {"died": self.proc.wait()}
+
+    def run(self, module: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float):
+        import tempfile
+
+        assert self.proc.stdin is not None
+        with tempfile.TemporaryDirectory() as streams:
+            out, err = Path(streams, "out"), Path(streams, "err")
+            request = {"module": module, "args": args, "cwd": str(cwd), "env": env}
+            self.proc.stdin.write(json.dumps({**request, "out": str(out), "err": str(err)}) + "\n")
+            self.proc.stdin.flush()
+            pid = self.read(60)["pid"]
+            ended = self.read(timeout)
+            if not ended:  # as subprocess.run does: kill it, then say so
+                os.kill(pid, 9)
+                self.read(60)
+                raise subprocess.TimeoutExpired([module, *args], timeout, out.read_text(), err.read_text())
+            assert "code" in ended, f"tests/forked_cli.py stopped: {ended}"
+            return subprocess.CompletedProcess(
+                [sys.executable, "-m", module, *args], ended["code"], out.read_text(), err.read_text()
+            )
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+class ForkServers:
+    """Idle servers, started on first use; commands run side by side (threads) each get their own."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.idle: list[ForkServer] = []
+        self.lock = threading.Lock()
+        # the environment the servers start in; a command whose interpreter settings (PYTHONPATH,
+        # PYTHONWARNINGS, ...) differ from it needs an interpreter of its own
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def serves(self, env: dict[str, str]) -> bool:
+        def interpreter(e: dict[str, str]) -> dict[str, str]:
+            return {k: v for k, v in e.items() if k.startswith("PYTHON")}
+
+        return interpreter(env) == interpreter(self.env)
+
+    def run(self, module: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float):
+        with self.lock:
+            server = self.idle.pop() if self.idle else None
+        server = server or ForkServer(self.env)
+        try:
+            result = server.run(module, args, cwd, env, timeout)
+        except BaseException:
+            server.close()  # mid-command: its answers are no longer this caller's to read
+            raise
+        with self.lock:
+            self.idle.append(server)
+        return result
+
+
+FORK_SERVERS = ForkServers()
+
+
 def run_cli(
-    *args: str, cwd: Path, mnist_root: Path | None = None, module: str = "mnist_lit", timeout: float = 600
+    *args: str,
+    cwd: Path,
+    mnist_root: Path | None = None,
+    module: str = "mnist_lit",
+    timeout: float = 600,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m <module> ARGS`` in ``cwd`` the way a user would; capture its output."""
+    """Run ``python -m <module> ARGS`` in ``cwd`` the way a user would; capture its output.
+
+    The command runs in a child forked from a process that has imported torch and Lightning
+    (tests/forked_cli.py); ``fresh=True``, MNIST_LIT_TESTS_FRESH=1 or other PYTHON* settings in the
+    environment start a new interpreter."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     if mnist_root is not None:
         env["MNIST_ROOT"] = str(mnist_root)
     env["PYTHONUNBUFFERED"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    if fresh or os.environ.get("MNIST_LIT_TESTS_FRESH") == "1" or not FORK_SERVERS.serves(env):
+        result = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    else:
+        result = FORK_SERVERS.run(module, list(args), cwd, env, timeout)
     printed = WARNING_LINE.search(result.stdout + result.stderr)
     if printed:  # a quiet console: no Python (or Lightning) warning in any command a test runs
         line = (result.stdout + result.stderr)[printed.start() :].splitlines()[0]
@@ -132,9 +224,9 @@ def run_dirs(cwd: Path) -> list[Path]:
     return sorted(p.parent.parent for p in (cwd / "outputs").rglob(".hydra/config.yaml"))
 
 
-def train_run(cwd: Path, mnist_root: Path, *overrides: str) -> Path:
+def train_run(cwd: Path, mnist_root: Path, *overrides: str, fresh: bool = False) -> Path:
     """The run folder of one training run ``python -m mnist_lit OVERRIDES`` in ``cwd``, which must succeed."""
-    result = run_cli(*overrides, cwd=cwd, mnist_root=mnist_root)
+    result = run_cli(*overrides, cwd=cwd, mnist_root=mnist_root, fresh=fresh)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(cwd)
     return run_dir
@@ -154,7 +246,8 @@ def read_metrics(run_dir: Path) -> dict:
 @pytest.fixture(scope="session")
 def trained_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One short real twoconv run (about 96% test accuracy), shared by the inspection, evaluate,
-    predict and export tests; its test step sees the first 500 test images."""
+    predict and export tests; its test step sees the first 500 test images. It starts as a fresh
+    interpreter, so the suite trains at least once exactly as a user's shell would."""
     overrides = [o for o in TINY if not o.startswith("trainer.limit_train_batches")]
     return train_run(
         tmp_path_factory.mktemp("trained"),
@@ -165,4 +258,5 @@ def trained_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         "data.eval_batch_size=500",
         "inspect.max_misclassified=32",
         "threads=1",
+        fresh=True,
     )

@@ -10,14 +10,13 @@ Trainer and callbacks): they are refused where those are built, before any train
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import WARNING_LINE
+from conftest import run_cli
 
 # (command line, text the message must contain)
 CASES: list[tuple[list[str], list[str]]] = [
@@ -191,39 +190,6 @@ LIBRARY_CASES: list[tuple[list[str], list[str]]] = [
 LIBRARY_IDS = [" ".join(a) for a, _ in LIBRARY_CASES]
 
 
-@pytest.fixture(scope="module")
-def library_refusals(
-    mnist_root: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, tuple[subprocess.CompletedProcess[str], Path]]:
-    """Every LIBRARY_CASES command line, each run in its own empty folder by its own process: a
-    child forked from one that imported torch and Lightning once (tests/forked_cli.py)."""
-    root = tmp_path_factory.mktemp("library")
-    cases = []
-    for i, (args, _) in enumerate(LIBRARY_CASES):
-        (root / str(i)).mkdir()
-        cases.append(
-            {"args": [*FEW_BATCHES, *args], "cwd": str(root / str(i)), "log": str(root / f"{i}.log")}
-        )
-    (root / "cases.json").write_text(json.dumps(cases))
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env.update(MNIST_ROOT=str(mnist_root), PYTHONUNBUFFERED="1")
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("forked_cli.py")), str(root / "cases.json")],
-        cwd=root, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    codes = json.loads(proc.stdout.splitlines()[-1])
-    return {
-        name: (
-            subprocess.CompletedProcess(c["args"], code, (root / f"{i}.log").read_text(), ""),
-            Path(c["cwd"]),
-        )
-        for i, (name, c, code) in enumerate(zip(LIBRARY_IDS, cases, codes, strict=True))
-    }
-
-
 @pytest.mark.parametrize(("args", "expected"), LIBRARY_CASES, ids=LIBRARY_IDS)
-def test_library_refusal(args: list[str], expected: list[str], library_refusals) -> None:
-    proc, cwd = library_refusals[" ".join(args)]
-    assert not WARNING_LINE.search(proc.stdout), proc.stdout  # a quiet console, as run_cli checks
-    check_refused(proc, expected, cwd)
+def test_library_refusal(args: list[str], expected: list[str], mnist_root: Path, tmp_path: Path) -> None:
+    check_refused(run_cli(*FEW_BATCHES, *args, cwd=tmp_path, mnist_root=mnist_root), expected, tmp_path)
