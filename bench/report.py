@@ -37,8 +37,8 @@ TARGETS: dict[str, Target] = {
     "seeds": Target(">=", 2.0),
     # examplesnet's time to 99% / experiment=fast's, shell to printed test accuracy
     "time_to_99": Target(">=", 15.0, "x"),
-    # experiment=fast's time to 99% / three epochs of the plain twoconv loop at batch 64
-    "fast_over_3_hand_epochs": Target("<=", 1.0),
+    # experiment=fast's time to 99% / two epochs of the plain twoconv loop at batch 64
+    "fast_over_2_hand_epochs": Target("<=", 1.0),
     # each of two default runs started together / one alone (the lower of the two is judged)
     "pair_over_solo": Target(">=", 0.4),
     # one default run alone, threads chosen by the run / threads=2
@@ -125,8 +125,8 @@ class TimeTo99:
     speedup: float | None
     target_speedup: float
     hand_twoconv_epoch_s: float | None
-    fast_over_3_hand_epochs: float | None
-    target_fast_over_3_hand_epochs: float
+    fast_over_2_hand_epochs: float | None
+    target_fast_over_2_hand_epochs: float
 
 
 @dataclass
@@ -225,13 +225,24 @@ def to_json(res: BenchResult) -> dict[str, Any]:
 
 
 def from_json(d: dict[str, Any]) -> BenchResult:
-    """A results JSON (this version's or an earlier one, which has no steps_per_call) as typed results."""
+    """A results JSON (this version's or an earlier one: without steps_per_call, or with time_to_99
+    against three hand-loop epochs, recomputed against two from the same measured times) as typed
+    results."""
 
     def opt(key: str, make: Any) -> Any:
         return make(d[key]) if d.get(key) is not None else None
 
     def spc(s: dict[str, Any]) -> StepsPerCall:
         return StepsPerCall(**{**s, "many": SpcSide(**s["many"]), "one": SpcSide(**s["one"])})
+
+    def time_to_99(s: dict[str, Any]) -> TimeTo99:
+        s = dict(s)
+        if "fast_over_3_hand_epochs" in s:  # written when the target was three hand-loop epochs
+            del s["fast_over_3_hand_epochs"], s["target_fast_over_3_hand_epochs"]
+            hand = s["hand_twoconv_epoch_s"]
+            s["fast_over_2_hand_epochs"] = ratio(s["fast_wall_s"], 2 * hand) if hand else None
+            s["target_fast_over_2_hand_epochs"] = TARGETS["fast_over_2_hand_epochs"].bound
+        return TimeTo99(**s)
 
     def startup(s: dict[str, Any]) -> Startup:
         cases = {k: StartupCase(**s[k]) for k in ("help", "cfg_job", "config_error")}
@@ -242,7 +253,7 @@ def from_json(d: dict[str, Any]) -> BenchResult:
         machine=Machine(**d["machine"]),
         overhead=opt("overhead", lambda rows: [OverheadRow(**r) for r in rows]),
         seeds=opt("seeds", lambda s: Seeds(**s)),
-        time_to_99=opt("time_to_99", lambda s: TimeTo99(**s)),
+        time_to_99=opt("time_to_99", time_to_99),
         side_by_side=opt("side_by_side", lambda s: SideBySide(**s)),
         flops=opt("flops", lambda s: Flops(**s)),
         startup=opt("startup", startup),
@@ -303,9 +314,9 @@ def time_to_99_lines(t: TimeTo99) -> list[str]:
     ]
     if t.hand_twoconv_epoch_s:
         lines.append(
-            f"| time to 99% | fast vs 3 hand-loop twoconv epochs | {t.fast_wall_s} s "
-            f"| {3 * t.hand_twoconv_epoch_s:.2f} s | {t.fast_over_3_hand_epochs} "
-            f"| {judged('fast_over_3_hand_epochs', t.fast_over_3_hand_epochs)} |"
+            f"| time to 99% | fast vs 2 hand-loop twoconv epochs | {t.fast_wall_s} s "
+            f"| {2 * t.hand_twoconv_epoch_s:.2f} s | {t.fast_over_2_hand_epochs} "
+            f"| {judged('fast_over_2_hand_epochs', t.fast_over_2_hand_epochs)} |"
         )
     return lines
 

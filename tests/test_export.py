@@ -172,6 +172,29 @@ def test_every_architecture_exports_to_pt2(name: str, tmp_path: Path) -> None:
     assert result["same_prediction"] == 8 and result["batch_sizes"] == [8, 1]
 
 
+def test_a_channels_last_run_infers_in_nhwc_and_exports_as_built(tmp_path: Path) -> None:
+    config = {"_target_": "mnist_lit.models.VGGNet", "widths": [4, 8], "depth": 1}
+    backbone = build_backbone(config).eval()
+    model = LoadedModel(
+        backbone=backbone,
+        config={"channels_last": True},
+        path=tmp_path / "untrained.ckpt",
+        run_dir=tmp_path,
+        architecture="vggnet",
+        model_config=config,
+    )
+    images = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        plain = backbone(model.normalize(images))
+    nhwc = model.logits(images, torch.device("cpu"), batch_size=3)
+    torch.testing.assert_close(nhwc, plain, atol=1e-5, rtol=0)
+    conv = next(m for m in model.inference_backbone().modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.stride()[1] == 1
+    assert all(p.is_contiguous() for p in backbone.parameters())  # what export writes is as built
+    to_pt2(model, tmp_path / "model.pt2")
+    assert verify(model, tmp_path / "model.pt2", "pt2", images, atol=1e-4)["same_prediction"] == 8
+
+
 def test_where_the_file_goes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert target(None, run, "onnx") == run / "model.onnx"
