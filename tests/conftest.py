@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -110,19 +111,31 @@ class ForkServer:
     def __init__(self, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("forked_cli.py"))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
         )  # fmt: skip
+        self.pending = b""  # what was read past the last answer: its next answers, in part
         ready = self.read(600)
         assert "ready" in ready, f"tests/forked_cli.py did not start: {ready}"
 
     def read(self, timeout: float) -> dict:
+        """The server's next answer; {} when none comes within ``timeout`` seconds."""
         import select
+        import time
 
         assert self.proc.stdout is not None
-        if not select.select([self.proc.stdout], [], [], timeout)[0]:
-            return {}
-        line = self.proc.stdout.readline()
-        return json.loads(line) if line else {"died": self.proc.wait()}
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        # read the pipe itself: a buffered reader could hold the next answer where select can't see it
+        while b"\n" not in self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return {}
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return {"died": self.proc.wait()}
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
+        return json.loads(line)
 
     def run(self, module: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float):
         import tempfile
@@ -131,12 +144,13 @@ class ForkServer:
         with tempfile.TemporaryDirectory() as streams:
             out, err = Path(streams, "out"), Path(streams, "err")
             request = {"module": module, "args": args, "cwd": str(cwd), "env": env}
-            self.proc.stdin.write(json.dumps({**request, "out": str(out), "err": str(err)}) + "\n")
+            self.proc.stdin.write(json.dumps({**request, "out": str(out), "err": str(err)}).encode() + b"\n")
             self.proc.stdin.flush()
             pid = self.read(60)["pid"]
             ended = self.read(timeout)
             if not ended:  # as subprocess.run does: kill it, then say so
-                os.kill(pid, 9)
+                with contextlib.suppress(ProcessLookupError):  # it may end meanwhile
+                    os.kill(pid, 9)
                 self.read(60)
                 raise subprocess.TimeoutExpired([module, *args], timeout, out.read_text(), err.read_text())
             assert "code" in ended, f"tests/forked_cli.py stopped: {ended}"
