@@ -47,6 +47,8 @@ class LoadedModel:
     architecture: str
     # the model config the backbone was built from (``_target_`` and arguments): how to build it again
     model_config: dict[str, Any]
+    # the backbone in the layout inference runs it in (``inference_backbone``), made on first use
+    _inference: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def mean(self) -> float:
@@ -59,9 +61,6 @@ class LoadedModel:
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N,28,28] -> float [N,1,28,28] standardised as the run trained on it."""
         return normalize(images, self.mean, self.std)
-
-    # the backbone in the layout inference runs it in (``inference_backbone``), made on first use
-    _inference: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     def to(self, device: torch.device) -> LoadedModel:
         """The backbone moved to ``device``, where ``logits`` runs it (an Ensemble moves each member)."""

@@ -35,11 +35,11 @@ import json, statistics, sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
+walls = out / "wall_seconds.txt"
 wall = {}
-for line in (out / "wall_seconds.txt").read_text().split("\n") if (out / "wall_seconds.txt").exists() else []:
-    if line.strip():
-        seed, start, end = line.split()
-        wall[seed] = float(end) - float(start)
+for line in walls.read_text().splitlines() if walls.exists() else []:
+    seed, start, end = line.split()
+    wall[seed] = float(end) - float(start)  # the latest run of a seed counts
 accs = []
 print("\n seed  test/acc  val/acc_best  epochs  wall (shell)")
 for run in sorted(out.glob("seed_*"), key=lambda p: int(p.name.split("_")[1])):

@@ -6,8 +6,12 @@ import contextlib
 import json
 import os
 import re
+import select
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -119,9 +123,6 @@ class ForkServer:
 
     def read(self, timeout: float) -> dict:
         """The server's next answer; {} when none comes within ``timeout`` seconds."""
-        import select
-        import time
-
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
@@ -138,8 +139,6 @@ class ForkServer:
         return json.loads(line)
 
     def run(self, module: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float):
-        import tempfile
-
         assert self.proc.stdin is not None
         with tempfile.TemporaryDirectory() as streams:
             out, err = Path(streams, "out"), Path(streams, "err")
@@ -167,8 +166,6 @@ class ForkServers:
     """Idle servers, started on first use; commands run side by side (threads) each get their own."""
 
     def __init__(self) -> None:
-        import threading
-
         self.idle: list[ForkServer] = []
         self.lock = threading.Lock()
         # the environment the servers start in; a command whose interpreter settings (PYTHONPATH,
