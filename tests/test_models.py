@@ -60,6 +60,7 @@ def test_models_train_without_lightning() -> None:
     ("kwargs", "params"),
     [
         ({}, 349_610),  # conf/model/vggnet.yaml: 32, 64, 128 channels, two convs each
+        ({"widths": [24, 48, 96]}, 208_642),  # experiment=best
         ({"widths": [16, 32, 64]}, 103_386),
         ({"widths": [16, 32, 64], "depth": 3, "head": "pool"}, 121_274),
     ],
