@@ -63,13 +63,15 @@ def test_models_train_without_lightning() -> None:
         ({"widths": [24, 48, 96]}, 208_642),  # experiment=best
         ({"widths": [16, 32, 64]}, 103_386),
         ({"widths": [16, 32, 64], "depth": 3, "head": "pool"}, 121_274),
+        ({"widths": [16, 64, 128], "depth": [1, 2, 2]}, 330_938),  # one conv at 28 px, two at 14 and 7
     ],
 )
 def test_vggnet_sizes_itself_from_its_arguments(kwargs: dict, params: int) -> None:
     net = models.VGGNet(**kwargs).eval()
     assert sum(p.numel() for p in net.parameters()) == params
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    assert len(convs) == 3 * kwargs.get("depth", 2)
+    depth = kwargs.get("depth", 2)
+    assert len(convs) == (sum(depth) if isinstance(depth, list) else 3 * depth)
     assert all(m.kernel_size == (3, 3) and m.bias is None for m in convs)  # the batch norm has the bias
     assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == len(convs)
     with torch.no_grad():
@@ -82,6 +84,8 @@ def test_vggnet_sizes_itself_from_its_arguments(kwargs: dict, params: int) -> No
         ({"widths": []}, "widths"),
         ({"widths": [8, 8, 8, 8]}, "1 to 3 stages"),
         ({"depth": 0}, "depth"),
+        ({"depth": [2, 2]}, "one per stage"),
+        ({"depth": [2, 0, 2]}, "depth"),
         ({"head": "avg"}, "head"),
         ({"dropout": 1.0}, "dropout"),
     ],

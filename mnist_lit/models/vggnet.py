@@ -20,14 +20,14 @@ def conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
 
 
 class VGGNet(nn.Sequential):
-    """``depth`` conv-BN-ReLU per stage at each of ``widths`` channels (28, 14, 7 px for three
-    stages), then dropout and a linear layer over the flattened last stage (``head="flatten"``) or
+    """``depth`` conv-BN-ReLU per stage (one count for every stage, or a list of one per stage)
+    at each of ``widths`` channels (28, 14, 7 px for three stages), then dropout and a linear layer over the flattened last stage (``head="flatten"``) or
     over its global average (``head="pool"``). The defaults have 349,610 parameters."""
 
     def __init__(
         self,
         widths: Sequence[int] = (32, 64, 128),
-        depth: int = 2,
+        depth: int | Sequence[int] = 2,
         head: str = "flatten",
         dropout: float = 0.25,
     ) -> None:
@@ -35,18 +35,22 @@ class VGGNet(nn.Sequential):
             raise ValueError(f"widths must be a non-empty list of channel counts >= 1, got {list(widths)}")
         if not 1 <= len(widths) <= 3:
             raise ValueError(f"widths: 1 to 3 stages fit a 28x28 digit, got {len(widths)}")
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1 (convs per stage), got {depth}")
+        depths = [int(d) for d in depth] if isinstance(depth, Sequence) else [int(depth)] * len(widths)
+        if len(depths) != len(widths) or any(d < 1 for d in depths):
+            raise ValueError(
+                f"depth must be a count >= 1 of convs per stage, or a list of one per stage "
+                f"({len(widths)} here), got {depth if isinstance(depth, int) else list(depth)}"
+            )
         if head not in ("flatten", "pool"):
             raise ValueError(f"head must be 'flatten' or 'pool', got {head!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         layers: list[nn.Module] = []
         in_ch = 1
-        for stage, width in enumerate(int(w) for w in widths):
+        for stage, (width, convs) in enumerate(zip((int(w) for w in widths), depths, strict=True)):
             if stage:
                 layers.append(nn.MaxPool2d(2))
-            for _ in range(depth):
+            for _ in range(convs):
                 layers += conv_bn_relu(in_ch, width)
                 in_ch = width
         side = 28 // 2 ** (len(widths) - 1)
