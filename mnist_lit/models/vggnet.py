@@ -21,8 +21,9 @@ def conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
 
 class VGGNet(nn.Sequential):
     """``depth`` conv-BN-ReLU per stage (one count for every stage, or a list of one per stage)
-    at each of ``widths`` channels (28, 14, 7 px for three stages), then dropout and a linear layer over the flattened last stage (``head="flatten"``) or
-    over its global average (``head="pool"``). The defaults have 349,610 parameters."""
+    at each of ``widths`` channels (28, 14, 7 px for three stages), then dropout and a linear
+    layer over the flattened last stage (``head="flatten"``) or over its global average
+    (``head="pool"``). The defaults have 349,610 parameters."""
 
     def __init__(
         self,
