@@ -28,7 +28,7 @@ from mnist_lit.record import read_metrics
 
 # the checkpoint files of a run, in its checkpoints/ folder: named here only
 CHECKPOINTS = "checkpoints"
-LAST_CKPT = "last.ckpt"  # Lightning's save_last, at the end of each epoch
+LAST_CKPT = "last.ckpt"  # at the end of each epoch (mnist_lit/train.py)
 INTERRUPTED_CKPT = "interrupted.ckpt"  # a graceful stop's, mid-epoch (mnist_lit/guards.py)
 # newest first: a mid-epoch stop leaves interrupted.ckpt beside the epoch-end last.ckpt
 RESUMABLE = (INTERRUPTED_CKPT, LAST_CKPT)

@@ -44,7 +44,7 @@ from mnist_lit.loggers import build_loggers, hparams_of
 from mnist_lit.module import Classifier
 from mnist_lit.perf import EpochTimer, FairThreads
 from mnist_lit.record import update_metrics
-from mnist_lit.rundir import check_room, find_checkpoint, training_began
+from mnist_lit.rundir import LAST_CKPT, check_room, find_checkpoint, training_began
 from mnist_lit.threads import job_threads
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         auto_insert_metric_name=False,
         monitor="val/acc",
         mode="max",
-        save_last=True,
+    )
+    # last.ckpt at the end of every epoch: since Lightning 2.6 save_last=True writes it only when a
+    # best checkpoint is written too, so an epoch that is not the best would leave it an epoch behind
+    last = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename=Path(LAST_CKPT).stem,
+        enable_version_counter=False,
+        monitor=None,
+        save_top_k=1,
     )
     timer = EpochTimer()
     bar = [BatchProgressBar(cfg.progress_every)] if cfg.trainer.enable_progress_bar else []
@@ -95,6 +103,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger=loggers,
         callbacks=[
             checkpoint,
+            last,  # after the best one, so that last.ckpt holds the best's state as of this epoch
             *([LearningRateMonitor(logging_interval="step")] if loggers else []),
             timer,
             *bar,
