@@ -104,6 +104,7 @@ RULES: Rules = {
     "data.augment.enabled": (boolean, "true or false"),
     "data.augment.degrees": (lambda x: number(x) and 0 <= x <= 180, "a number of degrees in 0..180"),
     "data.augment.translate": (lambda x: number(x) and 0 <= x <= 0.5, "a fraction of the side in 0..0.5"),
+    "data.augment.clean_last_epochs": (lambda x: integer(x) and x >= 0, "an integer >= 0"),
     "data.augment.scale": (
         lambda x: len(x) == 2 and all(number(v) and v > 0 for v in x) and x[0] <= x[1],
         "[low, high] with 0 < low <= high",
@@ -147,6 +148,7 @@ RULES: Rules = {
     "compile": (boolean, "true or false"),
     "channels_last": (boolean, "true or false"),
     "steps_per_call": (lambda x: x == "auto" or positive_int(x), "auto or an integer >= 1"),
+    "test_checkpoint": (lambda x: x in ("best", "last"), "best or last"),
     "label_smoothing": (lambda x: number(x) and 0 <= x < 1, "a number in [0, 1)"),
     "ema.enabled": (boolean, "true or false"),
     "ema.decay": (lambda x: number(x) and 0 < x < 1, "a number in (0, 1)"),

@@ -205,13 +205,28 @@ class MNISTDataModule(L.LightningDataModule):
         """uint8 [N,28,28] -> float [N,1,28,28], with this data module's mean and std."""
         return normalize(images, self.mean, self.std)
 
+    def clean_epoch(self) -> bool:
+        """One of the last ``augment.clean_last_epochs`` epochs, which train without augmentation."""
+        clean = int(self.augment.get("clean_last_epochs", 0))
+        trainer = self.trainer
+        return (
+            clean > 0
+            and trainer.max_epochs is not None
+            and trainer.current_epoch >= trainer.max_epochs - clean
+        )
+
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         if isinstance(batch, torch.Tensor):  # the model's example input (for its summary): an image already
             return batch
         images, labels = batch
         images = self.normalize(images)
         trainer = self.trainer
-        if self.augment.get("enabled") and trainer is not None and trainer.training:
+        if (
+            self.augment.get("enabled")
+            and trainer is not None
+            and trainer.training
+            and not self.clean_epoch()
+        ):
             from mnist_lit.augment import random_affine
 
             images = random_affine(

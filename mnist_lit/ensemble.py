@@ -1,7 +1,8 @@
 """Which checkpoints ``ckpt=`` names, and several of them as one model, for evaluate and predict.
 
-``ckpt=`` is a .ckpt file, a run directory (its best checkpoint), a sweep folder or a folder of
-run directories (every job's best checkpoint), or a list of these, flattened.
+``ckpt=`` is a .ckpt file, a run directory (the checkpoint its run tested: the best by val/acc,
+or the last under test_checkpoint=last), a sweep folder or a folder of run directories (every job's
+tested checkpoint), or a list of these, flattened.
 
 An ensemble predicts the mean of its members' softmax probabilities. Each member is rebuilt
 from its own checkpoint (architectures may differ) and normalises images with its own run's
@@ -57,7 +58,7 @@ def job_order(path: Path) -> tuple[int, str]:
 
 
 def runs_in(folder: Path) -> list[Path]:
-    """The best checkpoint of each run directory directly inside ``folder`` (a sweep's jobs).
+    """The tested checkpoint of each run directory directly inside ``folder`` (a sweep's jobs).
 
     A job that left no checkpoint (it failed before its first epoch ended) is left out with a
     note on stderr; none at all is an error naming the folder.
@@ -96,7 +97,7 @@ def items(value: Any) -> list[str]:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A .ckpt file as given, or for a run directory its best checkpoint (else its last.ckpt)."""
+    """A .ckpt file as given, or for a run directory the checkpoint it tested (else its last.ckpt)."""
     p = Path(str(path)).expanduser()
     if p.is_file():
         return p
@@ -112,8 +113,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def resolve_members(value: Any) -> Members:
-    """Every checkpoint ``ckpt=`` names: a file as given, a run directory's best checkpoint,
-    each job's best checkpoint in a sweep folder, and all of these from a list, flattened; a
+    """Every checkpoint ``ckpt=`` names: a file as given, a run directory's tested checkpoint,
+    each job's tested checkpoint in a sweep folder, and all of these from a list, flattened; a
     checkpoint named twice counts once."""
     listed = isinstance(value, list | tuple | ListConfig)
     paths = items(value)

@@ -279,7 +279,7 @@ def key_section(page: Page, report: Report, rows: list[JobRow]) -> None:
     if not keys:
         return
     metric = "test/acc" if any(math.isfinite(final(r, "test/acc")) for r in rows) else "val/acc_best"
-    what = "test accuracy of the best checkpoint" if metric == "test/acc" else "best validation accuracy"
+    what = "test accuracy of the tested checkpoint" if metric == "test/acc" else "best validation accuracy"
     if len(keys) > 2:
         page.text(
             f"The jobs differ in {len(keys)} keys ({', '.join(keys)}): no one- or two-key summary figure."
@@ -357,7 +357,7 @@ def add_test_views(page: Page, row: JobRow, ev: RunEvents) -> None:
     import numpy as np
 
     cm = ev.tensor(TEST_CONFUSION)
-    source = "the run's own test of its best checkpoint"
+    source = "the run's own test of its tested checkpoint"
     evaluation = read_evaluation(row.path)
     if cm is None and evaluation:
         cm, source = np.array(evaluation["test"]["confusion_matrix"]), "python -m mnist_lit.evaluate"
@@ -418,8 +418,9 @@ def sweep_page(report: Report) -> Page:
     page.text(report.summary() + (f" Shared overrides: {shared}." if shared else ""))
     page.heading("Results")
     page.text(
-        "Best first by val/acc_best (the best validation accuracy of any epoch); test/acc is that "
-        "best checkpoint's accuracy on the test set."
+        "Best first by val/acc_best (the best validation accuracy of any epoch); test/acc is the "
+        "accuracy on the test set of the checkpoint the run tested: that best one, or its last "
+        "under test_checkpoint=last."
     )
     page.table(Report.COLUMNS, [report.cells(r) for r in rows], Report.NUMERIC)
     logged = {r.path: RunEvents(r.path) for r in rows}

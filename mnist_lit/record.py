@@ -20,8 +20,8 @@ from typing import Any
 METRICS = "metrics.json"
 # what a stopped or failed run says about its stop: no longer true once it completes
 STOP_KEYS = ("reason", "resume_checkpoint", "stopped_as", "error_type")
-# what testing the best checkpoint measured: no longer true once the run trains on and stops untested
-RESULT_KEYS = ("test/acc", "test/loss", "best_checkpoint")
+# what testing measured: no longer true once the run trains on and stops untested
+RESULT_KEYS = ("test/acc", "test/loss", "best_checkpoint", "tested_checkpoint")
 
 # the records this process wrote, so that a second write in one stretch does not add its time twice
 _written: dict[Path, float] = {}

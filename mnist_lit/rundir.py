@@ -174,13 +174,16 @@ def checkpoints_folder(run: Path) -> Path:
 
 
 def evaluation_checkpoint(run: Path) -> Path | None:
-    """The checkpoint of a run folder to evaluate: the run's best (metrics.json), else its last.ckpt,
-    else its newest .ckpt file; None if it holds none."""
+    """The checkpoint of a run folder to evaluate: the one the run tested (metrics.json: its best,
+    or its last with test_checkpoint=last), else its last.ckpt, else its newest .ckpt file; None if
+    it holds none."""
     folder = checkpoints_folder(run)
-    best = read_metrics(run).get("best_checkpoint")
-    # by name inside this folder, so a run folder that was moved still resolves
-    if best and (folder / Path(best).name).is_file():
-        return folder / Path(best).name
+    record = read_metrics(run)
+    for key in ("tested_checkpoint", "best_checkpoint"):  # a run recorded before tested_checkpoint
+        # by name inside this folder, so a run folder that was moved still resolves
+        name = Path(record[key]).name if record.get(key) else None
+        if name and (folder / name).is_file():
+            return folder / name
     if (folder / LAST_CKPT).is_file():
         return folder / LAST_CKPT
     found = sorted(folder.glob("*.ckpt"), key=lambda f: f.stat().st_mtime)

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, validate every epoch, test the best checkpoint; return what metrics.json holds."""
+    """Train, validate every epoch, test the best (or last) checkpoint; return what metrics.json holds."""
     start = time.perf_counter()
     route_lightning_logs()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -126,7 +126,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics = scalars(trainer, "val/acc_best", "train/acc")
             best = checkpoint.best_model_path or None
-            trainer.test(model, datamodule=datamodule, ckpt_path=best)
+            tested = (last.best_model_path or None) if cfg.get("test_checkpoint") == "last" else best
+            trainer.test(model, datamodule=datamodule, ckpt_path=tested)
         except (KeyboardInterrupt, SystemExit, Diverged) as err:  # Ctrl-C, SIGTERM, NaN loss
             if not training_began():
                 raise  # stopped while starting: nothing to save, the folder goes back as it was
@@ -145,6 +146,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         steps_per_call=grouping.steps,
         timing=timer.summary(),
         best_checkpoint=best,
+        tested_checkpoint=tested,
         params=sum(p.numel() for p in model.parameters()),
     )
     metrics.update(debug_mark())

@@ -62,6 +62,15 @@ def test_only_training_batches_are_augmented(training: bool) -> None:
     assert torch.equal(images, dm.normalize(raw)) != training
 
 
+@pytest.mark.parametrize(("epoch", "augmented"), [(0, True), (1, True), (2, False), (3, False)])
+def test_the_last_epochs_can_train_on_clean_images(epoch: int, augmented: bool) -> None:
+    dm = MNISTDataModule(augment={"enabled": True, "degrees": 30.0, "clean_last_epochs": 2})
+    dm.trainer = SimpleNamespace(training=True, current_epoch=epoch, max_epochs=4)
+    raw = (digits() * STD + MEAN).mul(255).round().clamp(0, 255).squeeze(1).to(torch.uint8)
+    images, _ = dm.on_after_batch_transfer((raw, torch.zeros(len(raw), dtype=torch.long)), 0)
+    assert torch.equal(images, dm.normalize(raw)) != augmented
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -69,6 +78,7 @@ def test_only_training_batches_are_augmented(training: bool) -> None:
         ({"translate": 0.9}, "data.augment.translate=0.9"),
         ({"scale": [1.2, 0.8]}, "data.augment.scale"),
         ({"enabled": "yes"}, "data.augment.enabled='yes'"),
+        ({"clean_last_epochs": -1}, "data.augment.clean_last_epochs=-1"),
     ],
 )
 def test_out_of_range_settings_are_refused(override: dict, message: str) -> None:

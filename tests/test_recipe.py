@@ -119,6 +119,12 @@ BAD_VALUES = [
     ("ema.update_every_n_steps=0", "ema.update_every_n_steps=0 is not allowed: use an integer >= 1"),
     ("ema.update_starting_at_step=-1", "ema.update_starting_at_step=-1 is not allowed"),
     ("ema.update_starting_at_step=2.5", "ema.update_starting_at_step=2.5 is not allowed"),
+    ("test_checkpoint=final", "test_checkpoint='final' is not allowed: use best or last"),
+    (
+        "data.augment.clean_last_epochs=-1",
+        "data.augment.clean_last_epochs=-1 is not allowed: use an integer >= 0",
+    ),
+    ("data.augment.clean_last_epochs=0.5", "data.augment.clean_last_epochs=0.5 is not allowed"),
 ]
 
 
@@ -130,6 +136,7 @@ def test_bad_recipe_values_are_refused(override: str, message: str, hydra_conf: 
 
 def test_good_recipe_values_pass(hydra_conf: None) -> None:
     good = ["label_smoothing=0.1", "ema.enabled=true", "ema.decay=0.9", "ema.update_starting_at_step=100"]
+    good += ["test_checkpoint=last", "data.augment.clean_last_epochs=2"]
     check_config(compose(config_name="config", overrides=good))
 
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import TINY, last_checkpoint, read_metrics, run_cli, run_dirs, train_run
 
 from mnist_lit.events import tensorboard_tag
+from mnist_lit.rundir import evaluation_checkpoint
 
 SCALAR_TAGS = {"train/loss_step", "train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/acc_best"}
 SCALAR_TAGS |= {"train/lr", "test/acc", "test/loss"}
@@ -66,7 +67,11 @@ def test_run_directory_holds_everything(one_epoch: Path) -> None:
     checkpoints = {p.name for p in (one_epoch / "checkpoints").iterdir()}
     assert "last.ckpt" in checkpoints
     assert any(name.startswith("epoch=000-val_acc=") for name in checkpoints)
-    assert Path(read_metrics(one_epoch)["best_checkpoint"]).is_file()
+    metrics = read_metrics(one_epoch)
+    assert (
+        Path(metrics["best_checkpoint"]).is_file()
+        and metrics["tested_checkpoint"] == metrics["best_checkpoint"]
+    )
 
 
 def test_tensorboard_has_every_tag_and_hparams(one_epoch: Path) -> None:
@@ -99,12 +104,18 @@ def test_resume_ends_at_the_same_epoch_count(tmp_path: Path, mnist_root: Path) -
 
 def test_last_checkpoint_is_the_last_epoch_even_if_not_the_best(tmp_path: Path, mnist_root: Path) -> None:
     """lr 1e-12: the second epoch's val/acc only ties the first's, so it is not kept as a best, yet
-    last.ckpt (what resume and the guards name) must still be the end of epoch 2, not of epoch 1."""
-    run = train_run(tmp_path, mnist_root, *TINY, "optim.lr=1e-12", "trainer.max_epochs=2")
+    last.ckpt (what resume and the guards name) must still be the end of epoch 2, not of epoch 1.
+    With test_checkpoint=last that last.ckpt is what the run tests and what evaluate then takes."""
+    run = train_run(
+        tmp_path, mnist_root, *TINY, "optim.lr=1e-12", "trainer.max_epochs=2", "test_checkpoint=last"
+    )
     best, last = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert best.startswith("epoch=000-val_acc=") and last == "last.ckpt"
     saved = last_checkpoint(run)
-    assert (saved["epoch"], saved["global_step"]) == (1, 40) and read_metrics(run)["global_steps"] == 40
+    metrics = read_metrics(run)
+    assert (saved["epoch"], saved["global_step"]) == (1, 40) and metrics["global_steps"] == 40
+    assert Path(metrics["best_checkpoint"]).name == best and Path(metrics["tested_checkpoint"]).name == last
+    assert evaluation_checkpoint(run) == run / "checkpoints" / last
 
 
 def test_help_and_cfg_job_answer(tmp_path: Path) -> None:
