@@ -6,8 +6,9 @@
 #   ARGS="trainer.max_epochs=30" scripts/best.sh outputs/best_30     the longer schedule
 #
 # Prints each seed's test accuracy and wall time, their mean and standard deviation, then
-# `python -m mnist_lit.evaluate` on the folder: every seed's best checkpoint and the ensemble of
-# all of them (mean of their softmax probabilities), with its robustness table. A seed already
+# `python -m mnist_lit.evaluate` on the folder: every seed's tested checkpoint (experiment=best
+# tests its last.ckpt) and the ensemble of all of them (mean of their softmax probabilities), with
+# its robustness table. A seed already
 # in OUT_DIR (its metrics.json completed) is not trained again, so an interrupted run goes on.
 set -u
 OUT=$(realpath -m "${1:-outputs/best}")
