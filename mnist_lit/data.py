@@ -206,14 +206,11 @@ class MNISTDataModule(L.LightningDataModule):
         return normalize(images, self.mean, self.std)
 
     def clean_epoch(self) -> bool:
-        """One of the last ``augment.clean_last_epochs`` epochs, which train without augmentation."""
+        """One of the last ``augment.clean_last_epochs`` epochs, which train without augmentation
+        (none when the run has no last epoch: Lightning's max_epochs -1, training until max_steps)."""
         clean = int(self.augment.get("clean_last_epochs", 0))
-        trainer = self.trainer
-        return (
-            clean > 0
-            and trainer.max_epochs is not None
-            and trainer.current_epoch >= trainer.max_epochs - clean
-        )
+        last = self.trainer.max_epochs or -1
+        return clean > 0 and last > 0 and self.trainer.current_epoch >= last - clean
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         if isinstance(batch, torch.Tensor):  # the model's example input (for its summary): an image already
