@@ -209,8 +209,10 @@ class MNISTDataModule(L.LightningDataModule):
         """One of the last ``augment.clean_last_epochs`` epochs, which train without augmentation
         (none when the run has no last epoch: Lightning's max_epochs -1, training until max_steps)."""
         clean = int(self.augment.get("clean_last_epochs", 0))
+        if clean <= 0:
+            return False
         last = self.trainer.max_epochs or -1
-        return clean > 0 and last > 0 and self.trainer.current_epoch >= last - clean
+        return last > 0 and self.trainer.current_epoch >= last - clean
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         if isinstance(batch, torch.Tensor):  # the model's example input (for its summary): an image already

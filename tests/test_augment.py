@@ -62,10 +62,13 @@ def test_only_training_batches_are_augmented(training: bool) -> None:
     assert torch.equal(images, dm.normalize(raw)) != training
 
 
-@pytest.mark.parametrize(("epoch", "augmented"), [(0, True), (1, True), (2, False), (3, False)])
-def test_the_last_epochs_can_train_on_clean_images(epoch: int, augmented: bool) -> None:
+@pytest.mark.parametrize(
+    ("epoch", "max_epochs", "augmented"),
+    [(0, 4, True), (1, 4, True), (2, 4, False), (3, 4, False), (3, -1, True)],  # -1: until max_steps
+)
+def test_the_last_epochs_can_train_on_clean_images(epoch: int, max_epochs: int, augmented: bool) -> None:
     dm = MNISTDataModule(augment={"enabled": True, "degrees": 30.0, "clean_last_epochs": 2})
-    dm.trainer = SimpleNamespace(training=True, current_epoch=epoch, max_epochs=4)
+    dm.trainer = SimpleNamespace(training=True, current_epoch=epoch, max_epochs=max_epochs)
     raw = (digits() * STD + MEAN).mul(255).round().clamp(0, 255).squeeze(1).to(torch.uint8)
     images, _ = dm.on_after_batch_transfer((raw, torch.zeros(len(raw), dtype=torch.long)), 0)
     assert torch.equal(images, dm.normalize(raw)) != augmented
