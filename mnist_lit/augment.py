@@ -3,7 +3,11 @@
 torchvision's per-image ``RandomAffine`` in a DataLoader worker costs more than a small network's
 step; one ``affine_grid`` + ``grid_sample`` over the batch costs a fraction of it, and runs on the GPU
 when training does. Each image gets its own rotation, scale and shift, drawn from torch's RNG, so a
-seeded run augments the same way every time.
+seeded run augments the same way every time. An elastic distortion (Simard, Steinkraus and Platt,
+"Best Practices for Convolutional Neural Networks Applied to Visual Document Analysis", 2003: a
+random displacement field smoothed by a Gaussian) can be added to the same sampling grid, so it
+costs one blur and no second resampling. torchvision's ``ElasticTransform`` draws one field per
+call, the same for the whole batch; here every image gets its own.
 """
 
 from __future__ import annotations
@@ -20,8 +24,12 @@ def random_affine(
     translate: float = 0.1,
     scale: tuple[float, float] = (0.9, 1.1),
     fill: float = 0.0,
+    elastic_alpha: float = 0.0,
+    elastic_sigma: float = 4.0,
 ) -> torch.Tensor:
-    """Rotate by U(-degrees, degrees), scale by U(scale), shift by up to ``translate`` of the side.
+    """Rotate by U(-degrees, degrees), scale by U(scale), shift by up to ``translate`` of the side,
+    and with ``elastic_alpha`` > 0 distort elastically (Simard's alpha and sigma, in pixels: a
+    U(-1, 1) field per pixel, Gaussian-blurred with ``elastic_sigma``, times ``elastic_alpha``).
 
     ``images`` is float [N, C, H, W]; pixels that come from outside the image get ``fill`` (the
     normalised background value, so the padding matches MNIST's black border).
@@ -36,5 +44,25 @@ def random_affine(
         [torch.stack([cos, -sin, shift[:, 0]], dim=1), torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    if elastic_alpha > 0:
+        grid = grid + elastic_displacement(images, elastic_alpha, elastic_sigma)
     shifted = images - fill  # grid_sample pads with zeros: pad with the background instead
     return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+
+
+def elastic_displacement(images: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    """A smooth random displacement per image, [N, H, W, 2] in ``grid_sample``'s [-1, 1] units.
+
+    The blur is separable (a row pass, then a column pass): a 25x25 kernel as one 2-D convolution
+    would cost more than the training step of a small net."""
+    n, _, h, w = images.shape
+    dev, dtype = images.device, images.dtype
+    field = torch.rand(n * 2, 1, h, w, device=dev, dtype=dtype) * 2 - 1
+    radius = min(math.ceil(3 * sigma), h - 1, w - 1)  # reflect padding needs fewer pixels than the side
+    taps = torch.arange(-radius, radius + 1, device=dev, dtype=dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    field = F.conv2d(F.pad(field, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    field = F.conv2d(F.pad(field, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    pixel = torch.tensor([2 / w, 2 / h], device=dev, dtype=dtype) * alpha  # pixels -> grid units
+    return field.view(n, 2, h, w).permute(0, 2, 3, 1) * pixel

@@ -105,6 +105,8 @@ RULES: Rules = {
     "data.augment.degrees": (lambda x: number(x) and 0 <= x <= 180, "a number of degrees in 0..180"),
     "data.augment.translate": (lambda x: number(x) and 0 <= x <= 0.5, "a fraction of the side in 0..0.5"),
     "data.augment.clean_last_epochs": (lambda x: integer(x) and x >= 0, "an integer >= 0"),
+    "data.augment.elastic_alpha": (lambda x: number(x) and 0 <= x <= 100, "a number of pixels in 0..100"),
+    "data.augment.elastic_sigma": (lambda x: number(x) and 0.5 <= x <= 10, "a number of pixels in 0.5..10"),
     "data.augment.scale": (
         lambda x: len(x) == 2 and all(number(v) and v > 0 for v in x) and x[0] <= x[1],
         "[low, high] with 0 < low <= high",

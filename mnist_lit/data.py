@@ -234,5 +234,7 @@ class MNISTDataModule(L.LightningDataModule):
                 translate=float(self.augment.get("translate", 0.1)),
                 scale=tuple(self.augment.get("scale", (0.9, 1.1))),
                 fill=-self.mean / self.std,
+                elastic_alpha=float(self.augment.get("elastic_alpha", 0.0)),
+                elastic_sigma=float(self.augment.get("elastic_sigma", 4.0)),
             )
         return images, labels

@@ -42,7 +42,8 @@ class Members:
     """The checkpoints ``ckpt=`` names, in order, and the folder they were found in together."""
 
     checkpoints: list[Path]
-    # the sweep folder (or folder of run directories) every member comes from, if there is one
+    # the sweep folder (or folder of run directories) whose runs' tested checkpoints are exactly the
+    # members, if there is one: the ensemble of that folder, evaluated into its evaluation/
     home: Path | None
 
 
@@ -57,17 +58,23 @@ def job_order(path: Path) -> tuple[int, str]:
     return (int(number) if number.isdigit() else sys.maxsize, path.name)
 
 
+def tested_checkpoints(folder: Path) -> dict[Path, Path | None]:
+    """Each run directory directly inside ``folder``, in job order, and the checkpoint it tested."""
+    runs = sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and is_run_dir(p)),
+        key=job_order,
+    )
+    return {run: evaluation_checkpoint(run) for run in runs}
+
+
 def runs_in(folder: Path) -> list[Path]:
     """The tested checkpoint of each run directory directly inside ``folder`` (a sweep's jobs).
 
     A job that left no checkpoint (it failed before its first epoch ended) is left out with a
     note on stderr; none at all is an error naming the folder.
     """
-    runs = sorted(
-        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and is_run_dir(p)),
-        key=job_order,
-    )
-    best = {run: evaluation_checkpoint(run) for run in runs}
+    best = tested_checkpoints(folder)
+    runs = list(best)
     found = [c for c in best.values() if c is not None]
     if not found:
         what = "run directories without checkpoints" if runs else "no run directories"
@@ -139,6 +146,8 @@ def resolve_members(value: Any) -> Members:
             seen.add(f.resolve())
             unique.append(f)
     home = homes.pop() if len(homes) == 1 else None
+    if home is not None and seen != {c.resolve() for c in tested_checkpoints(home).values() if c}:
+        home = None  # some of the folder's runs, or other checkpoints of them: not the folder's ensemble
     return Members(unique, home)
 
 

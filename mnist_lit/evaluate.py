@@ -249,6 +249,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     figures.save(figures.confusion(result["test"]["confusion_matrix"], title), out / "confusion_matrix.png")
     if result.get("robustness"):
         figures.save(figures.robustness(result["robustness"]), out / "robustness.png")
+    else:  # the folder holds one evaluation: no figure left from an earlier one beside this json
+        (out / "robustness.png").unlink(missing_ok=True)
     result["out"] = str(out)
     return result
 

@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torchvision.transforms.v2 import functional as TF
 
-from mnist_lit.augment import random_affine
+from mnist_lit.augment import elastic_displacement, random_affine
 from mnist_lit.config import check_config
 from mnist_lit.data import MNISTDataModule
 from mnist_lit.errors import UserError
@@ -59,12 +60,43 @@ def test_same_seed_same_augmentation() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_elastic_field_is_uniform_noise_blurred_by_a_gaussian_and_scaled_by_alpha() -> None:
+    x = digits(4)
+    torch.manual_seed(5)
+    shift = elastic_displacement(x, alpha=34.0, sigma=4.0)  # [N, H, W, 2] in grid units
+    torch.manual_seed(5)
+    noise = torch.rand(8, 1, 28, 28) * 2 - 1  # the same draw: x then y of each image
+    blurred = TF.gaussian_blur(noise, [25, 25], [4.0, 4.0]).view(4, 2, 28, 28).permute(0, 2, 3, 1)
+    assert torch.allclose(shift * 14, blurred * 34, atol=1e-4)  # 14 pixels per grid unit
+    assert len({round(s.abs().sum().item(), 3) for s in shift}) == 4  # a field of its own per image
+
+
+def test_elastic_distortion_moves_the_digit_and_keeps_the_border_background() -> None:
+    x = digits()
+    torch.manual_seed(0)
+    plain = random_affine(x, degrees=0, translate=0, scale=(1.0, 1.0), fill=BACKGROUND)
+    torch.manual_seed(0)
+    bent = random_affine(x, degrees=0, translate=0, scale=(1.0, 1.0), fill=BACKGROUND, elastic_alpha=34.0)
+    assert torch.allclose(plain, x, atol=1e-4) and not torch.allclose(bent, x, atol=0.1)
+    assert torch.allclose(bent[..., 24:, :], x[..., 24:, :], atol=1e-4)  # far from the square, background
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_only_training_batches_are_augmented(training: bool) -> None:
     dm = MNISTDataModule(augment={"enabled": True, "degrees": 30.0, "translate": 0.2})
     dm.trainer = SimpleNamespace(training=training)
     torch.manual_seed(0)
     assert augments(dm) == training
+
+
+def test_the_data_module_passes_the_elastic_setting_on() -> None:
+    still = {"enabled": True, "degrees": 0.0, "translate": 0.0, "scale": [1.0, 1.0]}
+    raw = (digits() * STD + MEAN).mul(255).round().clamp(0, 255).squeeze(1).to(torch.uint8)
+    for alpha, moved in ((0.0, False), (34.0, True)):
+        dm = MNISTDataModule(augment={**still, "elastic_alpha": alpha, "elastic_sigma": 4.0})
+        dm.trainer = SimpleNamespace(training=True)
+        images, _ = dm.on_after_batch_transfer((raw, torch.zeros(len(raw), dtype=torch.long)), 0)
+        assert torch.allclose(images, dm.normalize(raw), atol=1e-4) != moved, alpha
 
 
 @pytest.mark.parametrize(
@@ -85,6 +117,8 @@ def test_the_last_epochs_can_train_on_clean_images(epoch: int, max_epochs: int, 
         ({"scale": [1.2, 0.8]}, "data.augment.scale"),
         ({"enabled": "yes"}, "data.augment.enabled='yes'"),
         ({"clean_last_epochs": -1}, "data.augment.clean_last_epochs=-1"),
+        ({"elastic_alpha": -3}, "data.augment.elastic_alpha=-3"),
+        ({"elastic_sigma": 0}, "data.augment.elastic_sigma=0"),
     ],
 )
 def test_out_of_range_settings_are_refused(override: dict, message: str) -> None:

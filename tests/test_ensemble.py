@@ -73,6 +73,7 @@ def test_an_ensemble_of_one_is_that_checkpoint(
     assert as_one["acc"] == alone["acc"] and as_one["confusion_matrix"] == alone["confusion_matrix"]
     assert as_one["loss"] == pytest.approx(alone["loss"], rel=1e-6)
     # a list of one is the single-checkpoint command: its table and JSON, no ensemble keys
+    (tmp_path / "robustness.png").write_bytes(b"an earlier evaluation's figure")
     result = run_cli(
         f"ckpt=[{trained_run}]", f"limit={LIMIT}", "robustness.enabled=false", f"out={tmp_path}", "threads=1",
         cwd=tmp_path, mnist_root=mnist_root, module="mnist_lit.evaluate",
@@ -80,6 +81,7 @@ def test_an_ensemble_of_one_is_that_checkpoint(
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert "members" not in report and "ensemble" not in report
+    assert not (tmp_path / "robustness.png").exists()  # none measured: no earlier figure beside it
     assert (
         report["checkpoint"] == str(model.path)
         and report["test"]["acc"] == read_metrics(trained_run)["test/acc"]
@@ -145,6 +147,11 @@ def test_sweep_folders_and_lists_name_every_member(
     assert listed.checkpoints[0] == best and len(listed.checkpoints) == 4 and listed.home is None
     # run directories of one sweep, listed one by one, still write beside the sweep
     assert resolve_members([str(j) for j in jobs]).home == sweep_dir.resolve()
+    # but some of its jobs, or another checkpoint of one, make another ensemble: it must not
+    # overwrite the sweep's evaluation/, so it goes to outputs/ensembles/
+    assert resolve_members([str(jobs[0])]).home is None
+    other = next(c for c in (jobs[1] / "checkpoints").glob("*.ckpt") if c != found.checkpoints[1])
+    assert resolve_members([str(jobs[0]), str(other)]).home is None
     # as typed on a command line: paths with = and , are quoted for Hydra's list grammar
     typed = f"ckpt=[{jobs[0]},{best.parent}/{best.name},~/x]"
     assert quote_ckpt_list([typed, "ckpt=[a,[b]]"]) == [

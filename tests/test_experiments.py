@@ -35,6 +35,7 @@ RECIPES = {
 SWEEPS = {
     "report000_lr_wd": (9, {"optim.lr", "optim.weight_decay"}),
     "report004_optim_sched": (9, {"optim", "sched"}),
+    "best_ensemble": (6, {"seed", "data.augment.elastic_alpha"}),
 }
 
 
@@ -94,7 +95,24 @@ def test_sweep_preset_expands_to_its_jobs(hydra_conf: None, preset: str) -> None
     assert len({tuple(job) for job in jobs}) == n_jobs
     for job in jobs:  # every job of the sweep composes and passes the checks
         check_config(make([f"experiment={preset}", *job]))
-    assert len(expand(cfg, ["seed=1,2"])) == 2 * n_jobs
+    more = "trainer.max_epochs=10,20" if "seed" in keys else "seed=1,2"
+    assert len(expand(cfg, [more])) == 2 * n_jobs
+
+
+def test_the_best_ensemble_is_experiment_best_over_seeds_with_and_without_elastic(hydra_conf: None) -> None:
+    best = OmegaConf.to_container(make(["experiment=best"]), resolve=False)
+    recipe = ("model", "optim", "sched", "data", "trainer", "ema", "label_smoothing", "test_checkpoint")
+    grid = set()
+    for job in expand(make(["experiment=best_ensemble"])):
+        cfg = make(["experiment=best_ensemble", *job])
+        grid.add((cfg.seed, cfg.data.augment.elastic_alpha))
+        like_best = OmegaConf.to_container(make(["experiment=best", *job]), resolve=False)
+        for key in recipe:
+            assert OmegaConf.to_container(cfg, resolve=False)[key] == like_best[key], key
+    assert grid == {(s, a) for s in (1, 2, 3) for a in (0, 34)}
+    # a list on the command line replaces the preset's
+    assert len(expand(make(["experiment=best_ensemble"]), ["seed=4,5,6,7"])) == 8
+    assert best["data"]["augment"]["elastic_alpha"] == 0  # experiment=best itself stays without it
 
 
 def write_job(sweep: Path, num: int, overrides: list[str], metrics: dict) -> None:
