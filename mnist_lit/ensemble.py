@@ -129,6 +129,7 @@ def resolve_members(value: Any) -> Members:
         raise UserError(f"ckpt=[] names no checkpoint: give {FORMS}")
     found: list[Path] = []
     homes: set[Path | None] = set()
+    single_runs = False  # some member named as a run or a checkpoint rather than by its folder
     for item in paths:
         p = Path(item).expanduser()
         if listed and not p.exists():
@@ -137,6 +138,7 @@ def resolve_members(value: Any) -> Members:
             found += runs_in(p)
             homes.add(p.resolve())
         else:
+            single_runs = True
             found.append(resolve_checkpoint(item))
             run = run_dir_of(found[-1])
             homes.add(run.parent.resolve() if (run.parent / MULTIRUN).is_file() else None)
@@ -146,7 +148,7 @@ def resolve_members(value: Any) -> Members:
             seen.add(f.resolve())
             unique.append(f)
     home = homes.pop() if len(homes) == 1 else None
-    if home is not None and seen != {c.resolve() for c in tested_checkpoints(home).values() if c}:
+    if home and single_runs and seen != {c.resolve() for c in tested_checkpoints(home).values() if c}:
         home = None  # some of the folder's runs, or other checkpoints of them: not the folder's ensemble
     return Members(unique, home)
 
