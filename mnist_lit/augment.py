@@ -7,7 +7,9 @@ seeded run augments the same way every time. An elastic distortion (Simard, Stei
 "Best Practices for Convolutional Neural Networks Applied to Visual Document Analysis", 2003: a
 random displacement field smoothed by a Gaussian) can be added to the same sampling grid, so it
 costs one blur and no second resampling. torchvision's ``ElasticTransform`` draws one field per
-call, the same for the whole batch; here every image gets its own.
+call, the same for the whole batch; here every image gets its own. Random erasing (Zhong et al.,
+"Random Erasing Data Augmentation", 2017) blanks a rectangle of its own in each chosen image, where
+torchvision's ``RandomErasing`` blanks one rectangle across a whole batch.
 """
 
 from __future__ import annotations
@@ -66,3 +68,35 @@ def elastic_displacement(images: torch.Tensor, alpha: float, sigma: float) -> to
     field = F.conv2d(F.pad(field, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
     pixel = torch.tensor([2 / w, 2 / h], device=dev, dtype=dtype) * alpha  # pixels -> grid units
     return field.view(n, 2, h, w).permute(0, 2, 3, 1) * pixel
+
+
+def random_erase(
+    images: torch.Tensor,
+    p: float,
+    scale: tuple[float, float] = (0.02, 0.33),
+    ratio: tuple[float, float] = (0.3, 3.3),
+    fill: float = 0.0,
+) -> torch.Tensor:
+    """Set a random rectangle of each image to ``fill`` (the background: strokes go missing), with
+    probability ``p`` per image. Its area is U(``scale``) of the image and its aspect ratio
+    (height / width) log-uniform in ``ratio``, torchvision's ``RandomErasing`` defaults; a side
+    that would exceed the image is cut to it."""
+    n, _, h, w = images.shape
+    dev, dtype = images.device, images.dtype
+    area = torch.empty(n, device=dev).uniform_(scale[0], scale[1]) * (h * w)
+    aspect = torch.empty(n, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()
+    eh = (area * aspect).sqrt().round().clamp(1, h)
+    ew = (area / aspect).sqrt().round().clamp(1, w)
+    top = (torch.rand(n, device=dev) * (h - eh + 1)).floor()
+    left = (torch.rand(n, device=dev) * (w - ew + 1)).floor()
+    chosen = torch.rand(n, device=dev) < p
+    rows = torch.arange(h, device=dev).view(1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, w)
+    inside = (
+        (rows >= top.view(n, 1, 1))
+        & (rows < (top + eh).view(n, 1, 1))
+        & (cols >= left.view(n, 1, 1))
+        & (cols < (left + ew).view(n, 1, 1))
+        & chosen.view(n, 1, 1)
+    )
+    return images.masked_fill(inside.unsqueeze(1), fill).to(dtype)

@@ -84,6 +84,13 @@ def int_list(lo: int, hi: int) -> Callable[[Any], bool]:
     return lambda x: isinstance(x, list) and bool(x) and all(integer(v) and lo <= v <= hi for v in x)
 
 
+def ordered_pair(lo: float, hi: float) -> Callable[[Any], bool]:
+    """[low, high] with lo < low <= high <= hi."""
+    return lambda x: (
+        isinstance(x, list) and len(x) == 2 and all(number(v) and lo < v <= hi for v in x) and x[0] <= x[1]
+    )
+
+
 def batch_limit(x: Any) -> bool:
     """Lightning's limit_*_batches: a fraction of batches (0..1] or a whole count."""
     return x is None or (integer(x) and x >= 0) or (isinstance(x, float) and 0 < x <= 1)
@@ -107,10 +114,9 @@ RULES: Rules = {
     "data.augment.clean_last_epochs": (lambda x: integer(x) and x >= 0, "an integer >= 0"),
     "data.augment.elastic_alpha": (lambda x: number(x) and 0 <= x <= 100, "a number of pixels in 0..100"),
     "data.augment.elastic_sigma": (lambda x: number(x) and 0.5 <= x <= 10, "a number of pixels in 0.5..10"),
-    "data.augment.scale": (
-        lambda x: len(x) == 2 and all(number(v) and v > 0 for v in x) and x[0] <= x[1],
-        "[low, high] with 0 < low <= high",
-    ),
+    "data.augment.erase_p": (fraction, "a probability in 0..1"),
+    "data.augment.erase_scale": (ordered_pair(0, 1), "[low, high] of the image, 0 < low <= high <= 1"),
+    "data.augment.scale": (ordered_pair(0, math.inf), "[low, high] with 0 < low <= high"),
     "model.activation": (lambda x: x in ("relu", "leakyrelu"), "relu or leakyrelu"),
     "model.dropout": (lambda x: number(x) and 0 <= x < 1, "a number in [0, 1)"),
     "sched.scheduler.step_size": (positive_int, "an integer >= 1"),

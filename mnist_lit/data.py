@@ -3,7 +3,7 @@
 torchvision reads (or downloads) the IDX files once; after that no per-sample Python work
 happens: a batch is one fancy-index into the uint8 tensor, moved to the training device, then
 converted to float and normalised there in a single operation (and, with ``data.augment.enabled``,
-randomly rotated, scaled and shifted as a batch: mnist_lit/augment.py).
+randomly rotated, scaled, shifted and erased as a batch: mnist_lit/augment.py).
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ class MNISTDataModule(L.LightningDataModule):
             and trainer.training
             and not self.clean_epoch()
         ):
-            from mnist_lit.augment import random_affine
+            from mnist_lit.augment import random_affine, random_erase
 
             images = random_affine(
                 images,
@@ -237,4 +237,8 @@ class MNISTDataModule(L.LightningDataModule):
                 elastic_alpha=float(self.augment.get("elastic_alpha", 0.0)),
                 elastic_sigma=float(self.augment.get("elastic_sigma", 4.0)),
             )
+            erase_p = float(self.augment.get("erase_p", 0.0))
+            if erase_p > 0:
+                scale = tuple(self.augment.get("erase_scale", (0.02, 0.33)))
+                images = random_erase(images, erase_p, scale=scale, fill=-self.mean / self.std)
         return images, labels

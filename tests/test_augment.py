@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.transforms.v2 import functional as TF
 
-from mnist_lit.augment import elastic_displacement, random_affine
+from mnist_lit.augment import elastic_displacement, random_affine, random_erase
 from mnist_lit.config import check_config
 from mnist_lit.data import MNISTDataModule
 from mnist_lit.errors import UserError
@@ -99,6 +99,39 @@ def test_the_data_module_passes_the_elastic_setting_on() -> None:
         assert torch.allclose(images, dm.normalize(raw), atol=1e-4) != moved, alpha
 
 
+def test_random_erasing_blanks_one_rectangle_per_chosen_image_to_the_background() -> None:
+    x = torch.full((64, 1, 28, 28), 1.5)  # all ink, so every erased pixel shows
+    torch.manual_seed(0)
+    out = random_erase(x, p=0.5, scale=(0.02, 0.33), fill=BACKGROUND)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    erased = out[:, 0] == BACKGROUND
+    assert torch.equal(out[~erased.unsqueeze(1)], x[~erased.unsqueeze(1)])  # the rest untouched
+    counts = erased.flatten(1).sum(1)
+    assert 16 < (counts > 0).sum() < 48  # about half the images
+    for mask, count in zip(erased, counts, strict=True):
+        if count:  # one solid rectangle: its bounding box is all erased
+            rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+            box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+            assert box == count and 0.02 * 784 / 2 <= count <= 0.33 * 784 * 1.3
+    assert len({tuple(m.nonzero()[0].tolist()) for m, c in zip(erased, counts, strict=True) if c}) > 10
+
+
+def test_random_erasing_at_p_0_and_1() -> None:
+    x = digits()
+    assert torch.equal(random_erase(x, p=0.0, fill=BACKGROUND), x)
+    assert (random_erase(torch.ones(32, 1, 28, 28), p=1.0, fill=0.0) == 0).flatten(1).any(1).all()
+
+
+def test_the_data_module_passes_the_erasing_setting_on() -> None:
+    still = {"enabled": True, "degrees": 0.0, "translate": 0.0, "scale": [1.0, 1.0]}
+    raw = torch.full((8, 28, 28), 255, dtype=torch.uint8)  # all ink
+    for p, erased in ((0.0, False), (1.0, True)):
+        dm = MNISTDataModule(augment={**still, "erase_p": p, "erase_scale": [0.1, 0.2]})
+        dm.trainer = SimpleNamespace(training=True)
+        images, _ = dm.on_after_batch_transfer((raw, torch.zeros(len(raw), dtype=torch.long)), 0)
+        assert torch.isclose(images, torch.tensor(BACKGROUND), atol=1e-4).any().item() == erased, p
+
+
 @pytest.mark.parametrize(
     ("epoch", "max_epochs", "augmented"),
     [(0, 4, True), (1, 4, True), (2, 4, False), (3, 4, False), (3, -1, True)],  # -1: until max_steps
@@ -119,6 +152,11 @@ def test_the_last_epochs_can_train_on_clean_images(epoch: int, max_epochs: int, 
         ({"clean_last_epochs": -1}, "data.augment.clean_last_epochs=-1"),
         ({"elastic_alpha": -3}, "data.augment.elastic_alpha=-3"),
         ({"elastic_sigma": 0}, "data.augment.elastic_sigma=0"),
+        ({"scale": 0.5}, "data.augment.scale=0.5"),
+        ({"erase_p": 1.5}, "data.augment.erase_p=1.5"),
+        ({"erase_scale": [0.3, 0.1]}, "data.augment.erase_scale"),
+        ({"erase_scale": [0.0, 0.1]}, "data.augment.erase_scale"),
+        ({"erase_scale": 0.2}, "data.augment.erase_scale=0.2"),
     ],
 )
 def test_out_of_range_settings_are_refused(override: dict, message: str) -> None:
