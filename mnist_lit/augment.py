@@ -82,7 +82,7 @@ def random_erase(
     (height / width) log-uniform in ``ratio``, torchvision's ``RandomErasing`` defaults; a side
     that would exceed the image is cut to it."""
     n, _, h, w = images.shape
-    dev, dtype = images.device, images.dtype
+    dev = images.device
     area = torch.empty(n, device=dev).uniform_(scale[0], scale[1]) * (h * w)
     aspect = torch.empty(n, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()
     eh = (area * aspect).sqrt().round().clamp(1, h)
@@ -99,4 +99,4 @@ def random_erase(
         & (cols < (left + ew).view(n, 1, 1))
         & chosen.view(n, 1, 1)
     )
-    return images.masked_fill(inside.unsqueeze(1), fill).to(dtype)
+    return images.masked_fill(inside.unsqueeze(1), fill)
