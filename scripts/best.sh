@@ -4,6 +4,7 @@
 #   scripts/best.sh [OUT_DIR]                      seeds 1..5 into OUT_DIR (default outputs/best)
 #   SEEDS="1 2 3" scripts/best.sh                  only these seeds
 #   ARGS="trainer.max_epochs=30" scripts/best.sh outputs/best_30     the longer schedule
+#   EVAL_ARGS="robustness.enabled=false" scripts/best.sh               the ensemble without its robustness table
 #
 # Prints each seed's test accuracy and wall time, their mean and standard deviation, then
 # `python -m mnist_lit.evaluate` on the folder: every seed's tested checkpoint (experiment=best
@@ -54,5 +55,6 @@ if accs:
     print(f"\n mean {statistics.mean(accs):.3f}% +- {std:.3f} (std over {len(accs)} seeds)")
 PY
 
-"$PYTHON" -m mnist_lit.evaluate "ckpt=$OUT" || failed=1
+# shellcheck disable=SC2086
+"$PYTHON" -m mnist_lit.evaluate "ckpt=$OUT" ${EVAL_ARGS:-} || failed=1
 exit $failed
