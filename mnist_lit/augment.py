@@ -28,10 +28,12 @@ def random_affine(
     fill: float = 0.0,
     elastic_alpha: float = 0.0,
     elastic_sigma: float = 4.0,
+    elastic_p: float = 1.0,
 ) -> torch.Tensor:
     """Rotate by U(-degrees, degrees), scale by U(scale), shift by up to ``translate`` of the side,
     and with ``elastic_alpha`` > 0 distort elastically (Simard's alpha and sigma, in pixels: a
-    U(-1, 1) field per pixel, Gaussian-blurred with ``elastic_sigma``, times ``elastic_alpha``).
+    U(-1, 1) field per pixel, Gaussian-blurred with ``elastic_sigma``, times ``elastic_alpha``),
+    each image with probability ``elastic_p``, so one network sees digits both bent and not.
 
     ``images`` is float [N, C, H, W]; pixels that come from outside the image get ``fill`` (the
     normalised background value, so the padding matches MNIST's black border).
@@ -46,8 +48,11 @@ def random_affine(
         [torch.stack([cos, -sin, shift[:, 0]], dim=1), torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    if elastic_alpha > 0:
-        grid = grid + elastic_displacement(images, elastic_alpha, elastic_sigma)
+    if elastic_alpha > 0 and elastic_p > 0:
+        displacement = elastic_displacement(images, elastic_alpha, elastic_sigma)
+        if elastic_p < 1:  # drawn only then, so that p=1 augments exactly as before the key existed
+            displacement = displacement * (torch.rand(n, 1, 1, 1, device=dev) < elastic_p).to(dtype)
+        grid = grid + displacement
     shifted = images - fill  # grid_sample pads with zeros: pad with the background instead
     return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 

@@ -114,6 +114,7 @@ RULES: Rules = {
     "data.augment.clean_last_epochs": (lambda x: integer(x) and x >= 0, "an integer >= 0"),
     "data.augment.elastic_alpha": (lambda x: number(x) and 0 <= x <= 100, "a number of pixels in 0..100"),
     "data.augment.elastic_sigma": (lambda x: number(x) and 0.5 <= x <= 10, "a number of pixels in 0.5..10"),
+    "data.augment.elastic_p": (fraction, "a probability in 0..1"),
     "data.augment.erase_p": (fraction, "a probability in 0..1"),
     "data.augment.erase_scale": (ordered_pair(0, 1), "[low, high] of the image, 0 < low <= high <= 1"),
     "data.augment.scale": (ordered_pair(0, math.inf), "[low, high] with 0 < low <= high"),

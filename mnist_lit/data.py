@@ -236,6 +236,7 @@ class MNISTDataModule(L.LightningDataModule):
                 fill=-self.mean / self.std,
                 elastic_alpha=float(self.augment.get("elastic_alpha", 0.0)),
                 elastic_sigma=float(self.augment.get("elastic_sigma", 4.0)),
+                elastic_p=float(self.augment.get("elastic_p", 1.0)),
             )
             erase_p = float(self.augment.get("erase_p", 0.0))
             if erase_p > 0:

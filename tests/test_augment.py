@@ -81,6 +81,23 @@ def test_elastic_distortion_moves_the_digit_and_keeps_the_border_background() ->
     assert torch.allclose(bent[..., 24:, :], x[..., 24:, :], atol=1e-4)  # far from the square, background
 
 
+def test_elastic_p_bends_about_that_share_of_the_images_and_p_1_is_every_image() -> None:
+    x = digits(64)
+    still = {"degrees": 0, "translate": 0, "scale": (1.0, 1.0), "fill": BACKGROUND, "elastic_alpha": 34.0}
+    torch.manual_seed(0)
+    every = random_affine(x, **still)
+    torch.manual_seed(0)
+    same = random_affine(x, **still, elastic_p=1.0)
+    assert torch.equal(every, same)  # p=1 is the distortion as it was before the key
+    torch.manual_seed(0)
+    half = random_affine(x, **still, elastic_p=0.5)
+    bent = ~torch.isclose(half, x, atol=1e-4).flatten(1).all(1)
+    assert 16 < bent.sum() < 48
+    assert torch.allclose(half[~bent], x[~bent], atol=1e-4)  # the others: the affine part only (none here)
+    torch.manual_seed(0)
+    assert torch.allclose(random_affine(x, **still, elastic_p=0.0), x, atol=1e-4)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_only_training_batches_are_augmented(training: bool) -> None:
     dm = MNISTDataModule(augment={"enabled": True, "degrees": 30.0, "translate": 0.2})
@@ -92,11 +109,11 @@ def test_only_training_batches_are_augmented(training: bool) -> None:
 def test_the_data_module_passes_the_elastic_setting_on() -> None:
     still = {"enabled": True, "degrees": 0.0, "translate": 0.0, "scale": [1.0, 1.0]}
     raw = (digits() * STD + MEAN).mul(255).round().clamp(0, 255).squeeze(1).to(torch.uint8)
-    for alpha, moved in ((0.0, False), (34.0, True)):
-        dm = MNISTDataModule(augment={**still, "elastic_alpha": alpha, "elastic_sigma": 4.0})
+    for alpha, p, moved in ((0.0, 1.0, False), (34.0, 1.0, True), (34.0, 0.0, False)):
+        dm = MNISTDataModule(augment={**still, "elastic_alpha": alpha, "elastic_sigma": 4.0, "elastic_p": p})
         dm.trainer = SimpleNamespace(training=True)
         images, _ = dm.on_after_batch_transfer((raw, torch.zeros(len(raw), dtype=torch.long)), 0)
-        assert torch.allclose(images, dm.normalize(raw), atol=1e-4) != moved, alpha
+        assert torch.allclose(images, dm.normalize(raw), atol=1e-4) != moved, (alpha, p)
 
 
 def test_random_erasing_blanks_one_rectangle_per_chosen_image_to_the_background() -> None:
@@ -152,6 +169,7 @@ def test_the_last_epochs_can_train_on_clean_images(epoch: int, max_epochs: int, 
         ({"clean_last_epochs": -1}, "data.augment.clean_last_epochs=-1"),
         ({"elastic_alpha": -3}, "data.augment.elastic_alpha=-3"),
         ({"elastic_sigma": 0}, "data.augment.elastic_sigma=0"),
+        ({"elastic_p": 2}, "data.augment.elastic_p=2"),
         ({"scale": 0.5}, "data.augment.scale=0.5"),
         ({"erase_p": 1.5}, "data.augment.erase_p=1.5"),
         ({"erase_scale": [0.3, 0.1]}, "data.augment.erase_scale"),
