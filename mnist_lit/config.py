@@ -164,6 +164,7 @@ RULES: Rules = {
     "ema.warmup": (boolean, "true or false"),
     "ema.update_every_n_steps": (positive_int, "an integer >= 1"),
     "ema.update_starting_at_step": (optional_non_negative_int, "null or an integer >= 0"),
+    "ema.bn_images": (lambda x: integer(x) and x >= 0, "an integer >= 0 (training images; 0: none)"),
 }
 
 # what steps_per_call=auto means where nothing rules it out: Lightning's per-call work then costs

@@ -205,6 +205,12 @@ class MNISTDataModule(L.LightningDataModule):
         """uint8 [N,28,28] -> float [N,1,28,28], with this data module's mean and std."""
         return normalize(images, self.mean, self.std)
 
+    def calibration_images(self, n: int) -> torch.Tensor:
+        """The first ``n`` images of the (seeded, shuffled) training split, normalised, never augmented:
+        digits as the test shows them, for the BatchNorm statistics of averaged weights (ema.bn_images)."""
+        x, _ = self._train
+        return self.normalize(x[self.train_idx[:n]])
+
     def clean_epoch(self) -> bool:
         """One of the last ``augment.clean_last_epochs`` epochs, which train without augmentation
         (none when the run has no last epoch: Lightning's max_epochs -1, training until max_steps)."""

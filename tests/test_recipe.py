@@ -119,6 +119,8 @@ BAD_VALUES = [
     ("ema.update_every_n_steps=0", "ema.update_every_n_steps=0 is not allowed: use an integer >= 1"),
     ("ema.update_starting_at_step=-1", "ema.update_starting_at_step=-1 is not allowed"),
     ("ema.update_starting_at_step=2.5", "ema.update_starting_at_step=2.5 is not allowed"),
+    ("ema.bn_images=-1", "ema.bn_images=-1 is not allowed: use an integer >= 0"),
+    ("ema.bn_images=0.5", "ema.bn_images=0.5 is not allowed"),
     ("test_checkpoint=final", "test_checkpoint='final' is not allowed: use best or last"),
     (
         "data.augment.clean_last_epochs=-1",
@@ -256,6 +258,95 @@ def test_ema_is_what_validation_checkpoints_test_and_inference_use(tmp_path: Pat
     accuracy = float((predicted == labels[val_idx]).float().mean())
     assert accuracy == pytest.approx(read_metrics(run_dir)["val/acc_best"], abs=1e-6)
     assert accuracy > 0.5  # sensible statistics: far above chance
+
+
+# ---- ema.bn_images: BatchNorm statistics measured for the averaged weights ---------------------------
+
+# a small BatchNorm network, one thread and deterministic kernels, so that runs compare bitwise
+BN_RECIPE = [o for o in TINY if not o.startswith("trainer.limit_train_batches")]
+BN_RECIPE += ["trainer.limit_train_batches=12", "model=vggnet", "model.widths=[4,8]", "sched=steplr"]
+BN_RECIPE += ["ema.enabled=true", "ema.decay=0.8", "ema.bn_images=300", "data.val_size=500"]
+BN_RECIPE += ["data.eval_batch_size=250", "logger=csv", "inspect.enabled=false", "threads=1"]
+BN_RECIPE += ["trainer.deterministic=true"]
+
+
+def bn_stats(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+def test_bn_images_measures_the_statistics_validation_checkpoints_and_the_test_use(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    from torch.optim.swa_utils import update_bn
+
+    from mnist_lit.averaging import OWN_STATISTICS
+    from mnist_lit.checkpoint import load_for_inference
+    from mnist_lit.data import load_mnist, normalize, split_indices
+
+    run_dir = train_run(
+        tmp_path, mnist_root, *BN_RECIPE, "trainer.max_epochs=2", "test_checkpoint=last", *probed(tmp_path)
+    )
+    ckpt = last_checkpoint(run_dir)
+    handed_on, own = ckpt["state_dict"], ckpt[OWN_STATISTICS]
+    # the file hands on the average's weights with statistics measured for them, not the average's own
+    assert bn_stats(own).keys() == bn_stats(handed_on).keys() and bn_stats(own)
+    assert all(not torch.equal(own[k], handed_on[k]) for k in bn_stats(own))
+    # measured again here: the average's weights and own statistics, then update_bn over the first 300
+    # images of the run's training split in the callback's batches (data.eval_batch_size)
+    loaded = load_for_inference(run_dir)
+    net = loaded.backbone
+    with torch.no_grad():
+        for name, value in net.state_dict().items():
+            if f"backbone.{name}" in own:
+                value.copy_(own[f"backbone.{name}"])
+    images, labels = load_mnist(mnist_root, train=True)
+    train_idx, val_idx = split_indices(len(labels), 500, 42)
+    clean = normalize(images[train_idx[:300]], loaded.mean, loaded.std)
+    update_bn([clean[:250], clean[250:]], net)
+    for name, value in bn_stats(net.state_dict()).items():
+        torch.testing.assert_close(value, handed_on[f"backbone.{name}"], rtol=1e-5, atol=1e-6)
+    # the last validation and the test ran on those statistics; evaluate and predict load them
+    assert equal(torch.load(tmp_path / "val-1.pt"), backbone_of(handed_on))
+    assert equal(torch.load(tmp_path / "test.pt"), backbone_of(handed_on))
+    reloaded = load_for_inference(run_dir)
+    predicted = reloaded.logits(images[val_idx], torch.device("cpu"), 250).argmax(dim=1)
+    assert float((predicted == labels[val_idx]).float().mean()) > 0.5
+
+
+def test_bn_images_changes_nothing_of_the_average_whatever_steps_per_call_or_resume(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    """Recalibrated statistics are a view of the average: the average carries on, batch by batch, as
+    without them; a run resumed from a checkpoint that holds them ends where the straight run does."""
+    from mnist_lit.averaging import OWN_STATISTICS
+
+    runs = {}
+    for name, extra in (("one", ["steps_per_call=1"]), ("four", ["steps_per_call=4"]), ("plain", [])):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        bn = ["ema.bn_images=0"] if name == "plain" else []
+        run_dir = train_run(cwd, mnist_root, *BN_RECIPE, "trainer.max_epochs=2", *extra, *bn)
+        runs[name] = last_checkpoint(run_dir)
+    cwd = tmp_path / "resumed"
+    cwd.mkdir()
+    first = train_run(cwd, mnist_root, *BN_RECIPE, "trainer.max_epochs=1", "steps_per_call=4")
+    resumed = run_cli(f"ckpt_path={first}", "trainer.max_epochs=2", cwd=cwd, mnist_root=mnist_root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs["resumed"] = last_checkpoint(run_dirs(cwd)[0])
+    one = runs["one"]
+    assert one["global_step"] == 24
+    for name in ("four", "resumed"):
+        got = runs[name]
+        assert equal(got["current_model_state"], one["current_model_state"]), name
+        assert equal(got["state_dict"], one["state_dict"]), name
+        assert equal(got[OWN_STATISTICS], one[OWN_STATISTICS]), name
+    # the average (weights and own statistics) is the one a run without recalibration keeps
+    plain = runs["plain"]
+    assert OWN_STATISTICS not in plain
+    own = {**one["state_dict"], **one[OWN_STATISTICS]}
+    assert equal(own, plain["state_dict"])
+    # and so are the trained weights (validation differs: it measures the recalibrated network)
+    assert equal(backbone_of(one["current_model_state"]), backbone_of(plain["current_model_state"]))
 
 
 # ---- the ema: block, built ------------------------------------------------------------------------
