@@ -17,6 +17,7 @@ values answer before torch loads.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,10 +53,10 @@ def is_run_dir(path: Path) -> bool:
     return (path / CHECKPOINTS).is_dir()
 
 
-def job_order(path: Path) -> tuple[int, str]:
-    """Sweep jobs by their number (``10_...`` after ``9_...``), other folders by name."""
-    number = path.name.split("_", 1)[0]
-    return (int(number) if number.isdigit() else sys.maxsize, path.name)
+def job_order(path: Path) -> tuple[str | int, ...]:
+    """Numbers in folder names compare as numbers: sweep job ``10_...`` after ``9_...``,
+    ``seed_10`` after ``seed_9``."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name))
 
 
 def tested_checkpoints(folder: Path) -> dict[Path, Path | None]:

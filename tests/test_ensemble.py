@@ -137,10 +137,11 @@ def test_sweep_folders_and_lists_name_every_member(
     # the sweep's own evaluation/ folder (if written) and the failed job add nothing
     plain = tmp_path / "runs"
     plain.mkdir()
-    for job in jobs:
-        (plain / job.name).symlink_to(job)
+    for name, job in zip(["seed_9", "seed_10"], jobs, strict=True):
+        (plain / name).symlink_to(job)
     assert resolve_members(str(plain)).home == plain.resolve()
-    assert len(resolve_members(str(plain)).checkpoints) == 2
+    # numbers in the names compare as numbers, as a sweep's job numbers do
+    assert [c.parent.parent.name for c in resolve_members(str(plain)).checkpoints] == ["seed_9", "seed_10"]
     # a list is flattened (nested lists, sweeps in it), a checkpoint named twice counts once
     best = load_for_inference(oneconv_run).path
     listed = resolve_members([str(oneconv_run), [str(best), str(sweep_dir)], str(trained_run)])
