@@ -17,7 +17,6 @@ values answer before torch loads.
 from __future__ import annotations
 
 import math
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import ListConfig
 
 from mnist_lit.errors import UserError
-from mnist_lit.rundir import CHECKPOINTS, checkpoints_folder, evaluation_checkpoint, quote, run_dir_of
+from mnist_lit.rundir import (
+    CHECKPOINTS,
+    checkpoints_folder,
+    evaluation_checkpoint,
+    natural_key,
+    quote,
+    run_dir_of,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -53,17 +59,11 @@ def is_run_dir(path: Path) -> bool:
     return (path / CHECKPOINTS).is_dir()
 
 
-def job_order(path: Path) -> tuple[str | int, ...]:
-    """Numbers in folder names compare as numbers: sweep job ``10_...`` after ``9_...``,
-    ``seed_10`` after ``seed_9``."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name))
-
-
 def tested_checkpoints(folder: Path) -> dict[Path, Path | None]:
     """Each run directory directly inside ``folder``, in job order, and the checkpoint it tested."""
     runs = sorted(
         (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and is_run_dir(p)),
-        key=job_order,
+        key=lambda p: natural_key(p.name),
     )
     return {run: evaluation_checkpoint(run) for run in runs}
 

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from mnist_lit.cli import user_errors
 from mnist_lit.errors import UserError
 from mnist_lit.record import write_atomic
+from mnist_lit.rundir import natural_key
 
 # test accuracy (%) and epochs each seed report quotes for the recipe an experiment preset reproduces
 SEED_REPORTED: dict[str, tuple[float | None, int, str]] = {
@@ -102,9 +103,13 @@ def is_sweep(folder: Path) -> bool:
 
 def find_jobs(sweep_dir: Path) -> list[JobRow]:
     """Every job or run directory at or below ``sweep_dir`` (one holding ``.hydra/overrides.yaml``):
-    a sweep's by job number, any other folder's runs numbered in the order of their paths (for
-    ``outputs/runs/DATE/TIME``, the order they were started in)."""
-    dirs = sorted(p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml"))
+    a sweep's by job number, any other folder's runs numbered in the order of their paths, numbers
+    compared as numbers (for ``outputs/runs/DATE/TIME``, the order they were started in; ``seed_10``
+    after ``seed_9``)."""
+    dirs = sorted(
+        (p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")),
+        key=lambda d: natural_key(d.relative_to(sweep_dir).as_posix()),
+    )
     numbered = is_sweep(sweep_dir)
     return sorted((read_job(d, i, numbered) for i, d in enumerate(dirs)), key=lambda r: r.num)
 

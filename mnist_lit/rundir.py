@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import tempfile
 from fnmatch import fnmatch
@@ -188,6 +189,12 @@ def evaluation_checkpoint(run: Path) -> Path | None:
         return folder / LAST_CKPT
     found = sorted(folder.glob("*.ckpt"), key=lambda f: f.stat().st_mtime)
     return found[-1] if found else None
+
+
+def natural_key(name: str) -> tuple[str | int, ...]:
+    """Run folders in the order people number them: ``seed_10`` after ``seed_9``, job ``10_...``
+    after ``9_...``."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
 def run_dir_of(ckpt: Path) -> Path:

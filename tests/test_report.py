@@ -20,7 +20,7 @@ from PIL import Image
 from mnist_lit import figures
 from mnist_lit.events import RunEvents
 from mnist_lit.page import run_page, sweep_page
-from mnist_lit.report import build_report
+from mnist_lit.report import build_report, find_jobs
 from mnist_lit.report import main as report_main
 
 # two short epochs, logging every other step so that the per-step curves have points
@@ -217,6 +217,13 @@ def test_two_swept_keys_give_a_heatmap_also_while_jobs_still_run(tmp_path: Path)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["adam", "sgd"]
     assert "| adam | 97.90 | 98.40 |" in md and "| sgd | 94.90 | missing |" in md
     assert "No validation accuracy per epoch logged yet" in text  # no job has events
+
+
+def test_runs_of_a_plain_folder_are_numbered_as_people_number_them(tmp_path: Path) -> None:
+    for name in ("seed_10", "seed_9", "seed_2"):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- seed={name[5:]}\n")
+    assert [job.path.name for job in find_jobs(tmp_path)] == ["seed_2", "seed_9", "seed_10"]
 
 
 def test_a_run_report_shows_its_curves_test_set_and_robustness(by_hand: Path) -> None:
