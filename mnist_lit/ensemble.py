@@ -16,7 +16,9 @@ values answer before torch loads.
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -174,6 +176,67 @@ def load_models(value: Any, model: Mapping[str, Any] | None = None) -> LoadedMod
     return Ensemble([load_for_inference(c) for c in members.checkpoints], members.home)
 
 
+def subset_groups(value: Any, size: int | list[int]) -> list[list[int]]:
+    """Where the members of each smaller ensemble come from: for ``subsets.size=K`` one group, all
+    the members; for a list ``[K_1, K_2, ...]`` one group per item of the ``ckpt=`` list (the
+    members it names: an item may be a folder or a list of its own), K_i drawn from the i-th.
+    Indices are into ``resolve_members(value)``'s checkpoints. Checked before torch loads, so a
+    size that cannot be drawn answers at once."""
+    members = [c.resolve() for c in resolve_members(value).checkpoints]
+    if len(members) < 2:
+        raise UserError(
+            "subsets.size scores smaller ensembles of several checkpoints, but ckpt= names one: "
+            "give a sweep folder or a list, or leave subsets.size out"
+        )
+    if isinstance(size, int):
+        if not 1 <= size <= len(members):
+            raise UserError(
+                f"subsets.size={size}: ckpt= names {len(members)} checkpoint(s), so an ensemble of "
+                f"1..{len(members)} of them can be drawn"
+            )
+        return [list(range(len(members)))]
+    # an item may itself be a list (or a folder): its members are drawn from together
+    listed = list(value) if isinstance(value, list | tuple | ListConfig) else []
+    if len(listed) != len(size):
+        raise UserError(
+            f"subsets.size={list(size)} takes a count from each item of ckpt=[...], which has "
+            f"{len(listed)} item(s): give as many counts, or one number to draw from all members"
+        )
+    groups: list[list[int]] = []
+    seen: set[int] = set()
+    for item, k in zip(listed, size, strict=True):
+        group = [members.index(c.resolve()) for c in resolve_members(item).checkpoints]
+        if seen & set(group):
+            raise UserError(f"ckpt: {items(item)} names checkpoints that an earlier item names too: "
+                            "subsets.size=[...] needs items with no member in common")  # fmt: skip
+        seen |= set(group)
+        if k > len(group):
+            raise UserError(f"subsets.size={list(size)}: {items(item)} holds {len(group)} checkpoint(s), "
+                            f"fewer than the {k} to draw from it")  # fmt: skip
+        groups.append(group)
+    if sum(size) < 1:
+        raise UserError(f"subsets.size={list(size)} draws no member: at least one count must be >= 1")
+    return groups
+
+
+def draw_subsets(
+    groups: list[list[int]], sizes: list[int], limit: int, seed: int = 0
+) -> tuple[list[tuple[int, ...]], int]:
+    """Every way to take ``sizes[i]`` members of ``groups[i]`` (all of them when there are at most
+    ``limit``, else ``limit`` different ones drawn at random from ``seed``, the same each time), and
+    how many ways there are."""
+    total = math.prod(math.comb(len(g), k) for g, k in zip(groups, sizes, strict=True))
+    if total <= limit:
+        ways = itertools.product(*(itertools.combinations(g, k) for g, k in zip(groups, sizes, strict=True)))
+        return [tuple(i for part in way for i in part) for way in ways], total
+    rng = random.Random(seed)
+    drawn: dict[tuple[int, ...], None] = {}  # insertion-ordered, so the draws come out the same
+    while len(drawn) < limit:
+        way = tuple(i for g, k in zip(groups, sizes, strict=True) for i in sorted(rng.sample(g, k)))
+        drawn.setdefault(way)
+    return list(drawn), total
+
+
 class Ensemble:
     """Several loaded models answering as one: the mean of their softmax probabilities."""
 
@@ -223,17 +286,59 @@ class Ensemble:
 def quote_ckpt_list(argv: list[str]) -> list[str]:
     """``ckpt=[a,b]`` with each path quoted for Hydra, whose list grammar refuses ``=`` and ``~``
     (``epoch=0-step=20.ckpt``, ``0_seed=1`` sweep jobs). A comma inside a path that exists
-    (``0_optim.lr=0.01,seed=2``) keeps its pieces together; a list already quoted, or holding
-    lists, is left to Hydra as typed."""
+    (``0_optim.lr=0.01,seed=2``) keeps its pieces together, and a list inside the list
+    (``ckpt=[[a,b],c]``, a group for ``subsets.size``) is quoted the same way; a list already
+    quoted, or with unmatched brackets, is left to Hydra as typed."""
     out = []
     for arg in argv:
         key, _, value = arg.partition("=")
         inner = value[1:-1]
-        if key == "ckpt" and value[:1] + value[-1:] == "[]" and not set("'\"[]") & set(inner):
-            pieces = [p.strip() for p in inner.split(",")] if inner.strip() else []
-            arg = "ckpt=[" + ",".join(quote_always(p) for p in join_existing(pieces)) + "]"
+        if key == "ckpt" and value[:1] + value[-1:] == "[]" and not set("'\"") & set(inner):
+            if not set("[]") & set(inner):
+                pieces = [p.strip() for p in inner.split(",")] if inner.strip() else []
+                arg = "ckpt=[" + ",".join(quote_always(p) for p in join_existing(pieces)) + "]"
+            elif (quoted := quote_nested(inner)) is not None:
+                arg = f"ckpt=[{quoted}]"
         out.append(arg)
     return out
+
+
+def quote_nested(inner: str) -> str | None:
+    """The inside of a typed list holding lists, each path quoted; None if its brackets do not
+    match (Hydra then answers as for any malformed override)."""
+    parts: list[str] = []
+    text = nested = ""
+    depth = 0
+    for ch in inner:
+        if ch == "[":
+            depth += 1
+            if depth == 1:
+                parts += quote_plain(text)
+                text = nested = ""
+                continue
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                return None
+            if depth == 0:
+                quoted = quote_nested(nested)
+                if quoted is None:
+                    return None
+                parts.append(f"[{quoted}]")
+                continue
+        if depth:
+            nested += ch
+        else:
+            text += ch
+    if depth:
+        return None
+    return ",".join(parts + quote_plain(text))
+
+
+def quote_plain(text: str) -> list[str]:
+    """The paths in a stretch of a typed list between its inner lists, quoted."""
+    pieces = [p.strip() for p in text.split(",")]
+    return [quote_always(p) for p in join_existing([p for p in pieces if p])]
 
 
 def join_existing(pieces: list[str]) -> list[str]:

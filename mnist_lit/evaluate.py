@@ -14,18 +14,36 @@ softmax probabilities (mnist_lit/ensemble.py).
 from __future__ import annotations
 
 import logging
+import statistics
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mnist_lit.cli import COMMON, model_override, run_command, torch_device, user_errors
-from mnist_lit.config import boolean, check_rules, int_list, integer, optional_path, optional_positive_int
-from mnist_lit.ensemble import FORMS, Ensemble, ckpt_value, load_models, quote_ckpt_list
+from mnist_lit.config import (
+    boolean,
+    check_rules,
+    int_list,
+    integer,
+    optional_path,
+    optional_positive_int,
+    positive_int,
+)
+from mnist_lit.ensemble import (
+    FORMS,
+    Ensemble,
+    ckpt_value,
+    draw_subsets,
+    load_models,
+    quote_ckpt_list,
+    subset_groups,
+)
 from mnist_lit.record import read_metrics, write_json
 
 if TYPE_CHECKING:
@@ -45,6 +63,15 @@ RULES = {
     "robustness.enabled": (boolean, "true or false"),
     "robustness.shifts": (int_list(1, 27), "a list of pixel counts in 1..27, e.g. [1,2,3,4]"),
     "robustness.angles": (int_list(1, 180), "a list of degrees in 1..180, e.g. [5,10,15]"),
+    "subsets.size": (
+        lambda x: (
+            x is None
+            or (integer(x) and x >= 1)
+            or (isinstance(x, list) and bool(x) and all(integer(v) and v >= 0 for v in x))
+        ),
+        "null, a member count >= 1, or a list of counts >= 0, one per item of ckpt=[...]",
+    ),  # fmt: skip
+    "subsets.max": (positive_int, "an integer >= 1 (ensembles scored at most)"),
 }
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 # an ensemble whose members come from different folders: its files go under ./outputs
@@ -176,6 +203,8 @@ def print_tables(result: dict[str, Any]) -> None:
     print("      " + "".join(f"{d:>6}" for d in range(10)))
     for d, row in enumerate(test["confusion_matrix"]):
         print(f"  {d}   " + "".join(f"{v:>6}" for v in row))
+    if result.get("subsets"):
+        print_subsets(result["subsets"], test["images"])
     if result.get("robustness"):
         clean = result["robustness"][0]["acc"]
         print(f"\nrobustness{of}\n transform      amount  accuracy  change")
@@ -218,6 +247,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Everything the command reports, as the dict written to evaluation.json."""
     from mnist_lit import figures
 
+    size = cfg.get("subsets", {}).get("size")
+    if OmegaConf.is_config(size):
+        size = OmegaConf.to_container(size)
+    groups = subset_groups(cfg.ckpt, size) if size is not None else None
     model = load_models(cfg.ckpt, model_override(cfg))
     device = torch_device(cfg.device, cfg.threads)
     images, labels = model.test_set(cfg.data.root)
@@ -228,8 +261,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_batch = model.config.get("data", {}).get("eval_batch_size", 1000)
     evaluator = Evaluator(model, device, cfg.batch_size or int(run_batch))
     if isinstance(model, Ensemble):
-        result = score_ensemble(model, evaluator, images, labels)
+        logits = model.member_logits(images, evaluator.device, evaluator.batch_size)
+        result = score_ensemble(model, evaluator, images, labels, logits)
         result["test"] = {"first_image": skip, **result["test"]}
+        if groups is not None:
+            sizes = [size] if isinstance(size, int) else list(size)
+            result["subsets"] = score_subsets(logits, labels, groups, sizes, int(cfg.subsets.max))
     else:
         result = {
             "checkpoint": str(model.path),
@@ -256,11 +293,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def score_ensemble(
-    ensemble: Ensemble, evaluator: Evaluator, images: torch.Tensor, labels: torch.Tensor
+    ensemble: Ensemble,
+    evaluator: Evaluator,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    logits: list[torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Each member's test/acc and test/loss, scored as its own checkpoint would be, and the
-    ensemble's full report (``evaluator``'s) from the same logits: each member runs once."""
-    logits = ensemble.member_logits(images, evaluator.device, evaluator.batch_size)
+    ensemble's full report (``evaluator``'s) from the same logits (``logits``, each member's, when
+    already computed): each member runs once."""
+    if logits is None:
+        logits = ensemble.member_logits(images, evaluator.device, evaluator.batch_size)
     members = []
     for member, z in zip(ensemble.members, logits, strict=True):
         own = Evaluator(member, evaluator.device, evaluator.batch_size).report(images, labels, z)
@@ -279,6 +322,58 @@ def score_ensemble(
     if ensemble.home is not None:
         result["members_in"] = str(ensemble.home)
     return result
+
+
+def score_subsets(
+    logits: list[torch.Tensor], labels: torch.Tensor, groups: list[list[int]], sizes: list[int], limit: int
+) -> dict[str, Any]:
+    """How much an ensemble's score owes to which members were drawn: the test accuracy of every
+    smaller ensemble of ``sizes[i]`` members from each of ``groups`` (at most ``limit`` of them,
+    drawn at random beyond that), from the members' logits already computed, as a count of
+    ensembles per number of mistakes."""
+    from torch.nn import functional as F
+
+    ways, total = draw_subsets(groups, sizes, limit)
+    mistakes: Counter[int] = Counter()
+    accs, losses = [], []
+    for way in ways:
+        z = Ensemble.combine([logits[i] for i in way])
+        wrong = int((z.argmax(dim=1) != labels).sum())
+        mistakes[wrong] += 1
+        accs.append(1 - wrong / len(labels))
+        losses.append(float(F.cross_entropy(z, labels)))
+    return {
+        "size": sizes[0] if len(groups) == 1 else sizes,
+        "group_members": [len(g) for g in groups],
+        "count": len(ways),
+        "of": total,
+        "acc_mean": statistics.mean(accs),
+        "acc_std": statistics.pstdev(accs),
+        "acc_min": min(accs),
+        "acc_max": max(accs),
+        "loss_mean": statistics.mean(losses),
+        "mistakes": {str(n): mistakes[n] for n in sorted(mistakes)},
+    }
+
+
+def print_subsets(sub: dict[str, Any], images: int) -> None:
+    """One row per number of mistakes: how many of the smaller ensembles made it, and the share of
+    them that did at least that well."""
+    sizes = [sub["size"]] if isinstance(sub["size"], int) else sub["size"]
+    parts = [f"{k} of {n}" for k, n in zip(sizes, sub["group_members"], strict=True)]
+    which = f"all {sub['count']:,}"
+    if sub["count"] < sub["of"]:
+        which = f"{sub['count']:,} drawn at random of {sub['of']:,}"
+    print(f"\nensembles of {' + '.join(parts)} members: {which}")
+    print(" mistakes  test/acc  ensembles  at least this good")
+    done = 0
+    for n, count in sub["mistakes"].items():
+        done += count
+        print(f" {int(n):8d}  {1 - int(n) / images:.4f}  {count:9d}  {done / sub['count']:17.1%}")
+    print(
+        f" test/acc mean {sub['acc_mean']:.4f} +- {sub['acc_std']:.4f} (min {sub['acc_min']:.4f}, "
+        f"max {sub['acc_max']:.4f}); test/loss mean {sub['loss_mean']:.4f}"
+    )
 
 
 def output_folder(out: str | None, model: LoadedModel | Ensemble) -> Path:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from conftest import TINY, read_metrics, run_cli, train_run
 from PIL import Image
 
 from mnist_lit.checkpoint import load_for_inference
-from mnist_lit.ensemble import Ensemble, quote_ckpt_list, resolve_members
+from mnist_lit.ensemble import Ensemble, draw_subsets, quote_ckpt_list, resolve_members, subset_groups
 
 LIMIT = 500  # the test images the shared run's own test step saw
 ONECONV_JOB, TWOCONV_JOB = "0_model=oneconv,seed=2", "1_model=twoconv"
@@ -155,10 +156,57 @@ def test_sweep_folders_and_lists_name_every_member(
     assert resolve_members([str(jobs[0]), str(other)]).home is None
     # as typed on a command line: paths with = and , are quoted for Hydra's list grammar
     typed = f"ckpt=[{jobs[0]},{best.parent}/{best.name},~/x]"
-    assert quote_ckpt_list([typed, "ckpt=[a,[b]]"]) == [
+    assert quote_ckpt_list([typed, f"ckpt=[[{jobs[0]},{jobs[1]}],~/x]", "ckpt=[a,[b]]]"]) == [
         f"ckpt=['{jobs[0]}','{best}','~/x']",
-        "ckpt=[a,[b]]",
+        f"ckpt=[['{jobs[0]}','{jobs[1]}'],'~/x']",  # a list in the list: a group for subsets.size
+        "ckpt=[a,[b]]]",  # unmatched brackets: Hydra's own message
     ]
+
+
+def test_subsets_score_each_smaller_ensemble_as_that_ensemble(
+    sweep_dir: Path, trained_run: Path, mnist_root: Path, test_digits, tmp_path: Path
+) -> None:
+    """Three members (the sweep's two jobs, and the run one of them was copied from): every
+    ensemble of two of them, or one from the sweep with the run, scored from mean probabilities."""
+    images, labels = test_digits
+    members = resolve_members([str(sweep_dir), str(trained_run)]).checkpoints
+    logits = [load_for_inference(c).logits(images, torch.device("cpu"), LIMIT) for c in members]
+
+    def mistakes(way: tuple[int, ...]) -> int:
+        return int((Ensemble.combine([logits[i] for i in way]).argmax(dim=1) != labels).sum())
+
+    for size, ways in (("2", [(0, 1), (0, 2), (1, 2)]), ("[1,1]", [(0, 2), (1, 2)])):
+        out = tmp_path / size
+        result = run_cli(
+            f"ckpt=[{sweep_dir},{trained_run}]", f"subsets.size={size}", f"limit={LIMIT}",
+            "robustness.enabled=false", f"out={out}", "threads=1",
+            cwd=tmp_path, mnist_root=mnist_root, module="mnist_lit.evaluate",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        sub = json.loads((out / "evaluation.json").read_text())["subsets"]
+        expected = Counter(mistakes(w) for w in ways)
+        assert sub["count"] == sub["of"] == len(ways), sub
+        assert sub["mistakes"] == {str(n): expected[n] for n in sorted(expected)}
+        assert sub["acc_min"] == 1 - max(expected) / LIMIT
+        assert (
+            f"ensembles of {'2 of 3' if size == '2' else '1 of 2 + 1 of 1'} members: all {len(ways)}"
+            in result.stdout
+        )
+
+
+def test_an_item_of_the_list_may_be_a_list_drawn_from_as_one(sweep_dir: Path, trained_run: Path) -> None:
+    jobs = [str(sweep_dir / ONECONV_JOB), str(sweep_dir / TWOCONV_JOB)]
+    assert subset_groups([jobs, str(trained_run)], [1, 1]) == [[0, 1], [2]]
+    assert subset_groups([str(trained_run), jobs], [1, 2]) == [[0], [1, 2]]
+
+
+def test_beyond_the_limit_subsets_are_drawn_at_random_the_same_each_time() -> None:
+    groups, sizes = [[0, 1, 2, 3, 4, 5], [6, 7, 8]], [3, 2]
+    every, total = draw_subsets(groups, sizes, limit=1000)
+    assert total == 20 * 3 and len(set(every)) == len(every) == total
+    drawn, total = draw_subsets(groups, sizes, limit=25)
+    assert total == 60 and len(set(drawn)) == 25 and set(drawn) <= set(every)
+    assert draw_subsets(groups, sizes, limit=25) == (drawn, 60)
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +236,29 @@ BAD_CKPT = [
         EVALUATE,
     ),
     (["ckpt=[run,run2]", "model=twoconv"], "ckpt= names 2 checkpoints, each rebuilt from its own", BOTH),
+    (["ckpt=[run,run2]", "subsets.size=3"], "subsets.size=3: ckpt= names 2 checkpoint(s), so an", EVALUATE),
+    (
+        ["ckpt=[run,run2]", "subsets.size=0"],
+        "subsets.size=0 is not allowed: use null, a member count",
+        EVALUATE,
+    ),
+    (
+        ["ckpt=run", "subsets.size=1"],
+        "subsets.size scores smaller ensembles of several checkpoints",
+        EVALUATE,
+    ),
+    (
+        ["ckpt=[run,run2]", "subsets.size=[1]"],
+        "takes a count from each item of ckpt=[...], which has 2",
+        EVALUATE,
+    ),
+    (["ckpt=[run,run2]", "subsets.size=[2,1]"], "['run'] holds 1 checkpoint(s), fewer than the 2", EVALUATE),
+    (["ckpt=[run,run2]", "subsets.size=[0,0]"], "draws no member: at least one count must be >= 1", EVALUATE),
+    (
+        ["ckpt=[run,run2,run]", "subsets.size=[1,1,1]"],
+        "['run'] names checkpoints that an earlier item",
+        EVALUATE,
+    ),
 ]
 
 
