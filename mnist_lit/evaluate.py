@@ -70,7 +70,7 @@ RULES = {
             or (isinstance(x, list) and bool(x) and all(integer(v) and v >= 0 for v in x))
         ),
         "null, a member count >= 1, or a list of counts >= 0, one per item of ckpt=[...]",
-    ),  # fmt: skip
+    ),
     "subsets.max": (positive_int, "an integer >= 1 (ensembles scored at most)"),
 }
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -297,13 +297,11 @@ def score_ensemble(
     evaluator: Evaluator,
     images: torch.Tensor,
     labels: torch.Tensor,
-    logits: list[torch.Tensor] | None = None,
+    logits: list[torch.Tensor],
 ) -> dict[str, Any]:
     """Each member's test/acc and test/loss, scored as its own checkpoint would be, and the
-    ensemble's full report (``evaluator``'s) from the same logits (``logits``, each member's, when
-    already computed): each member runs once."""
-    if logits is None:
-        logits = ensemble.member_logits(images, evaluator.device, evaluator.batch_size)
+    ensemble's full report (``evaluator``'s), all from each member's ``logits`` of these images:
+    each member runs once."""
     members = []
     for member, z in zip(ensemble.members, logits, strict=True):
         own = Evaluator(member, evaluator.device, evaluator.batch_size).report(images, labels, z)
