@@ -196,7 +196,12 @@ def subset_groups(value: Any, size: int | list[int]) -> list[list[int]]:
             )
         return [list(range(len(members)))]
     # an item may itself be a list (or a folder): its members are drawn from together
-    listed = list(value) if isinstance(value, list | tuple | ListConfig) else []
+    if not isinstance(value, list | tuple | ListConfig):
+        raise UserError(
+            f"subsets.size={list(size)} takes a count from each item of a list ckpt=[A,B,...], "
+            "but ckpt= is one path: give one number, to draw from all its members"
+        )
+    listed = list(value)
     if len(listed) != len(size):
         raise UserError(
             f"subsets.size={list(size)} takes a count from each item of ckpt=[...], which has "

@@ -219,7 +219,7 @@ def no_torch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 EVALUATE, BOTH = ("mnist_lit.evaluate",), ("mnist_lit.evaluate", "mnist_lit.predict")
-# (arguments, in a folder holding run/, run2/, notes.txt, sweep/, jobs/ and empty/; the message;
+# (arguments, in a folder holding run/, run2/, pair/, notes.txt, sweep/, jobs/ and empty/; the message;
 # the commands that are run with them)
 BAD_CKPT = [
     (["ckpt=[run,nowhere/run]"], "ckpt: 'nowhere/run' in the list: no such file or directory", BOTH),
@@ -252,6 +252,11 @@ BAD_CKPT = [
         "takes a count from each item of ckpt=[...], which has 2",
         EVALUATE,
     ),
+    (
+        ["ckpt=pair", "subsets.size=[1,1]"],
+        "takes a count from each item of a list ckpt=[A,B,...], but",
+        EVALUATE,
+    ),
     (["ckpt=[run,run2]", "subsets.size=[2,1]"], "['run'] holds 1 checkpoint(s), fewer than the 2", EVALUATE),
     (["ckpt=[run,run2]", "subsets.size=[0,0]"], "draws no member: at least one count must be >= 1", EVALUATE),
     (
@@ -268,6 +273,9 @@ def bad_layout(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     (cwd / "run").symlink_to(trained_run)
     (cwd / "run2" / "checkpoints").mkdir(parents=True)
     shutil.copy(trained_run / "checkpoints" / "last.ckpt", cwd / "run2" / "checkpoints")
+    (cwd / "pair").mkdir()  # a folder of two run directories
+    (cwd / "pair" / "a").symlink_to(cwd / "run")
+    (cwd / "pair" / "b").symlink_to(cwd / "run2")
     (cwd / "notes.txt").write_text("not a checkpoint\n")
     (cwd / "sweep").mkdir()
     (cwd / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
