@@ -10,6 +10,9 @@ mean and std, so only probabilities are ever mixed. Its ``logits`` are the log o
 softmax gives the mean back, cross-entropy on them is the NLL of the averaged probabilities, and
 everything that takes a LoadedModel's logits (Evaluator, predict) takes an Ensemble unchanged.
 
+Which smaller ensembles of the members evaluate's ``subsets.size`` scores (``subset_groups``,
+``draw_subsets``) is decided here too, from the paths alone.
+
 Only the standard library, Hydra and OmegaConf are imported at module level, so bad ``ckpt=``
 values answer before torch loads.
 """
@@ -195,13 +198,12 @@ def subset_groups(value: Any, size: int | list[int]) -> list[list[int]]:
                 f"1..{len(members)} of them can be drawn"
             )
         return [list(range(len(members)))]
-    # an item may itself be a list (or a folder): its members are drawn from together
     if not isinstance(value, list | tuple | ListConfig):
         raise UserError(
             f"subsets.size={list(size)} takes a count from each item of a list ckpt=[A,B,...], "
             "but ckpt= is one path: give one number, to draw from all its members"
         )
-    listed = list(value)
+    listed = list(value)  # an item may be a folder or a list of its own: one group to draw from
     if len(listed) != len(size):
         raise UserError(
             f"subsets.size={list(size)} takes a count from each item of ckpt=[...], which has "
