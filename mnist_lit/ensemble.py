@@ -299,53 +299,43 @@ def quote_ckpt_list(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
         key, _, value = arg.partition("=")
-        inner = value[1:-1]
-        if key == "ckpt" and value[:1] + value[-1:] == "[]" and not set("'\"") & set(inner):
-            if not set("[]") & set(inner):
-                pieces = [p.strip() for p in inner.split(",")] if inner.strip() else []
-                arg = "ckpt=[" + ",".join(quote_always(p) for p in join_existing(pieces)) + "]"
-            elif (quoted := quote_nested(inner)) is not None:
-                arg = f"ckpt=[{quoted}]"
+        if key == "ckpt" and value[:1] + value[-1:] == "[]" and not set("'\"") & set(value):
+            quoted = quote_items(value[1:-1])
+            arg = arg if quoted is None else f"ckpt=[{quoted}]"
         out.append(arg)
     return out
 
 
-def quote_nested(inner: str) -> str | None:
-    """The inside of a typed list holding lists, each path quoted; None if its brackets do not
-    match (Hydra then answers as for any malformed override)."""
-    parts: list[str] = []
-    text = nested = ""
-    depth = 0
-    for ch in inner:
-        if ch == "[":
-            depth += 1
-            if depth == 1:
-                parts += quote_plain(text)
-                text = nested = ""
-                continue
-        elif ch == "]":
-            depth -= 1
-            if depth < 0:
-                return None
-            if depth == 0:
-                quoted = quote_nested(nested)
-                if quoted is None:
-                    return None
-                parts.append(f"[{quoted}]")
-                continue
-        if depth:
-            nested += ch
-        else:
-            text += ch
+def quote_items(inner: str) -> str | None:
+    """The inside of a typed list with each path quoted and each inner list quoted the same way;
+    None if its brackets do not match (Hydra then answers as for any malformed override)."""
+    if not inner.strip():
+        return ""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(inner):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth < 0:
+            return None
+        if ch == "," and depth == 0:
+            items.append(inner[start:i].strip())
+            start = i + 1
     if depth:
         return None
-    return ",".join(parts + quote_plain(text))
-
-
-def quote_plain(text: str) -> list[str]:
-    """The paths in a stretch of a typed list between its inner lists, quoted."""
-    pieces = [p.strip() for p in text.split(",")]
-    return [quote_always(p) for p in join_existing([p for p in pieces if p])]
+    items.append(inner[start:].strip())
+    out: list[str] = []
+    plain: list[str] = []  # a run of paths between inner lists: commas in existing paths rejoined
+    for item in [*items, None]:
+        if item is not None and not (item.startswith("[") and item.endswith("]")):
+            plain.append(item)
+            continue
+        out += [quote_always(p) for p in join_existing(plain)]
+        plain = []
+        if item is not None:
+            quoted = quote_items(item[1:-1])
+            if quoted is None:
+                return None
+            out.append(f"[{quoted}]")
+    return ",".join(out)
 
 
 def join_existing(pieces: list[str]) -> list[str]:
