@@ -1,4 +1,4 @@
-"""Plain ``nn.Module`` backbones, one per seed report and VGGNet for accuracy; none imports Lightning."""
+"""Plain ``nn.Module`` backbones, one per seed report, and VGGNet and SimpleCNN for accuracy; none imports Lightning."""
 
 from mnist_lit.models.bnconvnet import BNConvNet
 from mnist_lit.models.convnet import ConvNet
@@ -6,6 +6,7 @@ from mnist_lit.models.examplesnet import ExamplesNet
 from mnist_lit.models.oneconv import OneConv
 from mnist_lit.models.resnet import ResNet8
 from mnist_lit.models.sepconv import SepConv
+from mnist_lit.models.simplecnn import SimpleCNN
 from mnist_lit.models.tutorialnet import TutorialNet
 from mnist_lit.models.twoconv import TwoConv
 from mnist_lit.models.vggnet import VGGNet
@@ -17,6 +18,7 @@ __all__ = [
     "OneConv",
     "ResNet8",
     "SepConv",
+    "SimpleCNN",
     "TutorialNet",
     "TwoConv",
     "VGGNet",
