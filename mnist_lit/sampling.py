@@ -45,7 +45,10 @@ class EpochBatchSampler(Sampler[torch.Tensor]):
         self.done = done
         self.epoch = 0
         self.served = 0  # batches of the current epoch handed out so far
-        self.num_batches = n // batch_size if drop_last else -(-n // batch_size)
+        # a last batch of one image is left out too: batch norm over one value per channel (a
+        # BatchNorm1d head, as in SimpleCNN) cannot train on it, and one image is no gradient step
+        lone = n % batch_size == 1 and n > 1
+        self.num_batches = n // batch_size if drop_last or lone else -(-n // batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

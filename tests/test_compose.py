@@ -45,6 +45,7 @@ def test_groups_offer_the_documented_options() -> None:
             "bnconvnet",
             "examplesnet",
             "vggnet",
+            "simplecnn",
         ]
     )
     assert options("optim") == sorted(["sgd", "adam", "adamw", "nadam", "adadelta"])

@@ -12,6 +12,7 @@ from hydra import compose
 from mnist_lit.config import check_config
 from mnist_lit.data import RAW_FILES, BatchedTensorLoader, MNISTDataModule, load_mnist, split_indices
 from mnist_lit.errors import UserError
+from mnist_lit.models import SimpleCNN
 
 
 def test_split_sizes_disjoint_and_complete() -> None:
@@ -47,6 +48,29 @@ def test_loader_yields_whole_batches_and_keeps_the_tail() -> None:
     assert batches[0][0].dtype == torch.uint8  # normalisation happens after the transfer, batched
     dropped = list(BatchedTensorLoader(x, y, batch_size=4, shuffle=True, drop_last=True))
     assert [len(b[1]) for b in dropped] == [4, 4]
+
+
+def test_a_last_training_batch_of_one_image_is_left_out(mnist_root: Path) -> None:
+    """Batch norm cannot train on one value per channel: SimpleCNN's BatchNorm1d head would stop
+    the run at the end of its first epoch. Each epoch's order differs, so no image is always out."""
+    dm = MNISTDataModule(root=str(mnist_root), batch_size=64, val_size=60_000 - (64 * 859 + 1))
+    dm.setup("fit")
+    assert len(dm.train_idx) == 64 * 859 + 1
+    loader = dm.train_dataloader()
+    assert len(loader) == 859 and len(torch.cat([y for _, y in loader])) == 64 * 859
+    left_out = []
+    for epoch in (0, 1):
+        loader.batches.set_epoch(epoch)
+        served = torch.cat(list(loader.batches))
+        assert len(served) == 64 * 859 == len(served.unique())
+        left_out.append(set(range(64 * 859 + 1)) - set(served.tolist()))
+    assert len(left_out[0]) == len(left_out[1]) == 1 and left_out[0] != left_out[1]
+    net = SimpleCNN(kernel=7, widths=[2, 2, 2, 2]).train()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        net(torch.zeros(1, 1, 28, 28))
+    dm = MNISTDataModule(root=str(mnist_root), batch_size=64, val_size=60_000 - (64 * 859 + 2))
+    dm.setup("fit")
+    assert [len(y) for _, y in dm.train_dataloader()][-1] == 2  # two images still make a batch
 
 
 def test_normalize_uses_mnist_statistics() -> None:

@@ -70,6 +70,24 @@ def test_seed_preset_composes_to_the_recipe(hydra_conf: None, preset: str) -> No
     assert not cfg.hydra.sweeper.params, "a seed recipe is one run, not a sweep"
 
 
+def test_simplecnn_preset_is_an_et_al_recipe(hydra_conf: None) -> None:
+    cfg = make(["experiment=simplecnn"])
+    check_config(cfg)
+    net = instantiate(cfg.model)
+    assert sum(p.numel() for p in net.parameters()) == 1_128_180  # M5
+    opt = instantiate(cfg.optim)(net.parameters())
+    assert type(opt).__name__ == "Adam" and opt.param_groups[0]["lr"] == 0.001
+    scheduler = instantiate(cfg.sched.scheduler)(opt)
+    assert type(scheduler).__name__ == "ExponentialLR" and scheduler.gamma == 0.98
+    assert cfg.sched.interval == "epoch"
+    assert (cfg.data.batch_size, cfg.trainer.max_epochs) == (120, 150)
+    augment = cfg.data.augment
+    assert augment.enabled and (augment.degrees, augment.translate, list(augment.scale)) == (20, 0.2, [1, 1])
+    assert cfg.ema.enabled and cfg.ema.decay == 0.999 and cfg.label_smoothing == 0
+    m3 = instantiate(make(["experiment=simplecnn", "model.kernel=3"]).model)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in m3.modules()) == 10
+
+
 def test_bnconvnet_preset_keeps_report_004_training_details(hydra_conf: None) -> None:
     cfg = make(["experiment=bnconvnet"])
     assert cfg.data.val_size == 10_020  # 16.7% of 60,000 held out

@@ -93,3 +93,43 @@ def test_vggnet_sizes_itself_from_its_arguments(kwargs: dict, params: int) -> No
 def test_vggnet_refuses_shapes_it_cannot_build(kwargs: dict, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         models.VGGNet(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "convs", "side", "params"),
+    [
+        ({"kernel": 3}, 10, 8, 1_124_180),  # An et al.'s M3
+        ({}, 5, 8, 1_128_180),  # conf/model/simplecnn.yaml: M5
+        ({"kernel": 7}, 4, 4, 2_291_972),  # M7
+        ({"kernel": 7, "widths": [16, 32, 48, 64]}, 4, 4, 262_244),  # M7 at a third of the channels
+    ],
+)
+def test_simplecnn_is_the_papers_family_by_kernel(kwargs: dict, convs: int, side: int, params: int) -> None:
+    net = models.SimpleCNN(**kwargs).eval()
+    assert sum(p.numel() for p in net.parameters()) == params
+    layers = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    kernel = kwargs.get("kernel", 5)
+    assert len(layers) == convs
+    assert all(m.kernel_size == (kernel, kernel) and m.padding == (0, 0) and m.bias is None for m in layers)
+    assert not any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)) for m in net.modules())
+    linear = next(m for m in net.modules() if isinstance(m, nn.Linear))
+    assert linear.in_features == layers[-1].out_channels * side * side and linear.bias is None
+    assert isinstance(net[-1], nn.BatchNorm1d) and net[-1].num_features == 10  # a batch norm on the logits
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"kernel": 4}, "odd"),
+        ({"kernel": 9}, "no paper widths"),
+        ({"widths": []}, "widths"),
+        ({"widths": [8] * 7}, "at most 6 fit"),
+        ({"kernel": 3, "widths": [8] * 14}, "at most 13 fit"),
+        ({"dropout": 1.0}, "dropout"),
+    ],
+)
+def test_simplecnn_refuses_shapes_it_cannot_build(kwargs: dict, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        models.SimpleCNN(**kwargs)

@@ -77,6 +77,12 @@ def test_steplr_step_size_two(hydra_conf: None) -> None:
     assert lrs == pytest.approx(expected, rel=1e-9)
 
 
+def test_exponential_multiplies_by_gamma_each_epoch(hydra_conf: None) -> None:
+    lrs = trace("exponential")  # conf/sched/exponential.yaml: An et al.'s 0.98
+    expected = [LR * 0.98 ** (i // STEPS_PER_EPOCH) for i in range(TOTAL)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+
+
 def test_warmup_rises_linearly_then_cosine_to_the_floor(hydra_conf: None) -> None:
     start, floor, warm = 0.01, 0.05, STEPS_PER_EPOCH  # warmup_epochs=1 -> 10 steps
     lrs = trace(

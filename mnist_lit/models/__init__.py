@@ -1,4 +1,4 @@
-"""Plain ``nn.Module`` backbones, one per seed report, and VGGNet and SimpleCNN for accuracy; none imports Lightning."""
+"""Plain ``nn.Module`` backbones: one per seed report, VGGNet and SimpleCNN for accuracy; no Lightning."""
 
 from mnist_lit.models.bnconvnet import BNConvNet
 from mnist_lit.models.convnet import ConvNet

@@ -49,7 +49,8 @@ class SimpleCNN(nn.Sequential):
         layers: list[nn.Module] = []
         in_ch = 1
         for width in (int(w) for w in widths):
-            layers += [nn.Conv2d(in_ch, width, kernel, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(in_ch, width, kernel, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
             in_ch = width
-        layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_ch * side * side, 10, bias=False), nn.BatchNorm1d(10)]
+        head = nn.Linear(in_ch * side * side, 10, bias=False)
+        layers += [nn.Flatten(), nn.Dropout(dropout), head, nn.BatchNorm1d(10)]
         super().__init__(*layers)
