@@ -39,10 +39,9 @@ class SimpleCNN(nn.Sequential):
             raise ValueError(f"widths must be a non-empty list of channel counts >= 1, got {list(widths)}")
         side = 28 - len(widths) * (kernel - 1)
         if side < 1:
-            most = 27 // (kernel - 1) if kernel > 1 else len(widths)
             raise ValueError(
                 f"widths: {len(widths)} unpadded {kernel}x{kernel} convs shrink a 28x28 digit to nothing; "
-                f"at most {most} fit"
+                f"at most {27 // (kernel - 1)} fit"
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
