@@ -122,8 +122,8 @@ def test_help_and_cfg_job_answer(tmp_path: Path) -> None:
     help_text = run_cli("--help", cwd=tmp_path)
     assert help_text.returncode == 0
     assert (
-        "model: bnconvnet, convnet, examplesnet, oneconv, resnet, sepconv, tutorialnet, twoconv"
-        in help_text.stdout
+        "model: bnconvnet, convnet, examplesnet, oneconv, resnet, sepconv, simplecnn, tutorialnet, twoconv, "
+        "vggnet" in help_text.stdout
     )
     job = run_cli("--cfg", "job", "model=resnet", "optim.lr=0.5", cwd=tmp_path)
     assert job.returncode == 0
