@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from mnist_lit.models.vggnet import conv_bn_relu
+
 # channels per conv layer of the paper's M3, M5 and M7
 PAPER_WIDTHS: dict[int, tuple[int, ...]] = {
     3: (32, 48, 64, 80, 96, 112, 128, 144, 160, 176),
@@ -48,7 +50,7 @@ class SimpleCNN(nn.Sequential):
         layers: list[nn.Module] = []
         in_ch = 1
         for width in (int(w) for w in widths):
-            layers += [nn.Conv2d(in_ch, width, kernel, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+            layers += conv_bn_relu(in_ch, width, kernel, padding=0)
             in_ch = width
         head = nn.Linear(in_ch * side * side, 10, bias=False)
         layers += [nn.Flatten(), nn.Dropout(dropout), head, nn.BatchNorm1d(10)]

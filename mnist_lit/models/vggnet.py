@@ -14,9 +14,13 @@ from collections.abc import Sequence
 from torch import nn
 
 
-def conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
-    """A 3x3 'same' conv without bias (the batch norm after it has one), BN, ReLU."""
-    return [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
+def conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 3, padding: int = 1) -> list[nn.Module]:
+    """A conv without bias (the batch norm after it has one), BN, ReLU; by default 3x3 'same'."""
+    return [
+        nn.Conv2d(in_ch, out_ch, kernel, padding=padding, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class VGGNet(nn.Sequential):
